@@ -1,0 +1,114 @@
+"""Building blocks: conv → norm → act blocks, the multi-stem first block, and He initialisation.
+
+Norm and activation layers come from MONAI's factories, so a config names them with MONAI's JSON-friendly
+vocabulary (``("instance", {"affine": True})``). The block order conv → norm → act is nnU-Net's
+``ConvDropoutNormNonlin`` with dropout 0 (the official UniSeg setting).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from monai.networks.layers.utils import get_act_layer, get_norm_layer
+from torch import nn
+
+__all__ = ["ConvNormAct", "MultiStemConvNormAct", "make_norm", "make_act", "init_he_"]
+
+
+def make_norm(spec: Sequence, channels: int) -> nn.Module:
+    """A 3D norm layer from a MONAI-style ``[name, kwargs]`` spec."""
+    return get_norm_layer(name=(spec[0], dict(spec[1])), spatial_dims=3, channels=channels)
+
+
+def make_act(spec: Sequence) -> nn.Module:
+    """An activation layer from a MONAI-style ``[name, kwargs]`` spec."""
+    return get_act_layer(name=(spec[0], dict(spec[1])))
+
+
+def _same_padding(kernel: Sequence[int]) -> list[int]:
+    return [(k - 1) // 2 for k in kernel]
+
+
+class ConvNormAct(nn.Sequential):
+    """``Conv3d`` → norm → activation. Submodule names ``conv``, ``norm``, ``act`` are state-dict keys.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        kernel_size: ``(kD, kH, kW)``, odd; padded to keep the size (before stride).
+        stride: ``(sD, sH, sW)``.
+        norm: ``[name, kwargs]`` norm spec.
+        act: ``[name, kwargs]`` activation spec.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        kernel_size: Sequence[int] = (3, 3, 3),
+        stride: Sequence[int] = (1, 1, 1),
+        norm: Sequence = ("instance", {"affine": True}),
+        act: Sequence = ("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(
+            in_channels, out_channels, tuple(kernel_size), tuple(stride), padding=_same_padding(kernel_size), bias=True
+        )
+        self.norm = make_norm(norm, out_channels)
+        self.act = make_act(act)
+
+
+class MultiStemConvNormAct(nn.Module):
+    """The first block of UniSeg: one conv per supported input-channel count, one shared norm and activation.
+
+    A 1-channel CT, a 2-channel CT+PET and a 4-channel multi-sequence MR each go through their own stem conv
+    (``convs["1"]``, ``convs["2"]``, ``convs["4"]``) into the same feature space.
+
+    Args:
+        in_channels: supported channel counts, e.g. ``[1, 2, 4]``.
+        out_channels, kernel_size, norm, act: as :class:`ConvNormAct`.
+
+    Shapes:
+        ``(B, C, D, H, W)`` with ``C`` in ``in_channels`` → ``(B, out_channels, D, H, W)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        out_channels: int,
+        *,
+        kernel_size: Sequence[int] = (3, 3, 3),
+        norm: Sequence = ("instance", {"affine": True}),
+        act: Sequence = ("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
+    ) -> None:
+        super().__init__()
+        self.in_channels = sorted(int(c) for c in in_channels)
+        self.convs = nn.ModuleDict(
+            {
+                str(c): nn.Conv3d(c, out_channels, tuple(kernel_size), 1, padding=_same_padding(kernel_size), bias=True)
+                for c in self.in_channels
+            }
+        )
+        self.norm = make_norm(norm, out_channels)
+        self.act = make_act(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        if str(c) not in self.convs:
+            raise ValueError(
+                f"UniSeg has input stems for {self.in_channels} channels (1: CT or MR, 2: CT+PET, 4: four MR "
+                f"sequences), but the input has {c} channels (shape {tuple(x.shape)}). Use "
+                "uniseg_hub.adapters to add a stem for a new channel count."
+            )
+        return self.act(self.norm(self.convs[str(c)](x)))
+
+
+@torch.no_grad()
+def init_he_(module: nn.Module, neg_slope: float = 1e-2) -> None:
+    """nnU-Net's ``InitWeights_He``: Kaiming-normal conv weights (``a=neg_slope``), zero biases. Use with ``apply``."""
+    if isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)):
+        nn.init.kaiming_normal_(module.weight, a=neg_slope)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)

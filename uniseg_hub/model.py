@@ -1,0 +1,265 @@
+"""UniSeg: a prompt-driven universal segmentation model (Ye et al., MICCAI 2023, arXiv 2304.03493).
+
+Origin: github.com/yeerwen/UniSeg (a patched nnU-Net v1; code Apache-2.0). This file holds the two networks
+built from :class:`~uniseg_hub.config.UniSegConfig`:
+
+* :class:`UniSeg` — encoder → universal prompt → decoder, ``forward(x, task_id)``; the upstream 11-task model.
+* :class:`UniSegBackbone` — encoder → decoder without the prompt; the official downstream network.
+
+and :func:`checkpoint_filter_fn`, the one pure function that maps official nnU-Net/UniSeg state-dict keys to
+ours (and :func:`to_official_state_dict` back), plus the registry of presets (:func:`create_model`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .config import UniSegConfig
+from .decoder import SegmentationHeads, UniSegDecoder
+from .encoder import UniSegEncoder
+from .prompt import UniversalPrompt, as_task_tensor
+
+__all__ = [
+    "UniSeg",
+    "UniSegBackbone",
+    "checkpoint_filter_fn",
+    "to_official_state_dict",
+    "official_key_map",
+    "create_model",
+    "list_models",
+    "register_model",
+]
+
+
+class _UniSegBase(nn.Module):
+    """What both networks share: config handling, deep-supervision switch, head reset, timm-style helpers."""
+
+    encoder: UniSegEncoder
+    decoder: UniSegDecoder
+
+    def __init__(self, config: UniSegConfig | None, overrides: Mapping[str, Any]) -> None:
+        super().__init__()
+        config = config if config is not None else self.default_config()
+        self.config = config.replace(**overrides) if overrides else config
+
+    @staticmethod
+    def default_config() -> UniSegConfig:
+        raise NotImplementedError
+
+    @property
+    def feature_info(self) -> list[dict]:
+        return self.encoder.feature_info
+
+    @property
+    def num_classes(self) -> int:
+        return self.decoder.num_classes
+
+    @property
+    def deep_supervision(self) -> bool:
+        return self.decoder.deep_supervision
+
+    def set_deep_supervision(self, enable: bool = True) -> None:
+        """Return logits at every decoder scale (finest first) instead of the finest only."""
+        self.decoder.deep_supervision = bool(enable)
+        self.config.deep_supervision = bool(enable)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.encoder.set_grad_checkpointing(enable)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace every segmentation head by a freshly initialised one with ``num_classes`` outputs."""
+        ref = self.decoder.heads[0].weight
+        heads = SegmentationHeads([h.in_channels for h in self.decoder.heads], num_classes)
+        self.decoder.heads = heads.to(device=ref.device, dtype=ref.dtype)
+        self.config.num_classes = int(num_classes)
+
+    def get_classifier(self) -> nn.Module:
+        return self.decoder.heads
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm-style parameter groups (regexes over parameter names), e.g. for layer-wise lr decay."""
+        return dict(
+            stem=r"^encoder\.stages\.0\.0\.",
+            blocks=r"^encoder\.stages\.(\d+)" if coarse else [(r"^encoder\.stages\.(\d+)\.(\d+)", None)],
+        )
+
+
+class UniSeg(_UniSegBase):
+    """The prompt-driven universal segmentation network.
+
+    Args:
+        config: network configuration; defaults to :meth:`UniSegConfig.uniseg_11task`.
+        **overrides: fields of the config to change, e.g. ``base_num_features=8``.
+
+    Shapes:
+        ``forward(x, task_id)``: ``x`` is ``(B, C, *config.patch_size)`` with ``C`` in ``config.input_channels``
+        (the prompt is sized to the training patch — larger volumes go through :mod:`uniseg_hub.inference`);
+        ``task_id`` is an int, or one id per sample. Returns logits ``(B, num_classes, *patch_size)``, or with
+        deep supervision a list of logits, finest first.
+
+    Example:
+        >>> model = UniSeg(UniSegConfig.uniseg_11task(base_num_features=4, patch_size=[16, 32, 32])).eval()
+        >>> model(torch.zeros(2, 1, 16, 32, 32), task_id=[0, 7]).shape
+        torch.Size([2, 4, 16, 32, 32])
+    """
+
+    def __init__(self, config: UniSegConfig | None = None, **overrides: Any) -> None:
+        super().__init__(config, overrides)
+        self.encoder = UniSegEncoder(self.config)
+        self.prompt = UniversalPrompt(self.config)
+        self.decoder = UniSegDecoder(self.config, extra_bottleneck_channels=1)
+
+    @staticmethod
+    def default_config() -> UniSegConfig:
+        return UniSegConfig.uniseg_11task()
+
+    @property
+    def num_tasks(self) -> int:
+        return self.prompt.num_tasks
+
+    def check_input(self, x: torch.Tensor, task_id: Any) -> torch.Tensor:
+        """Validate an input batch and return ``task_id`` as a ``(B,)`` long tensor (clear errors otherwise)."""
+        self.encoder.check_input(x)
+        if list(x.shape[2:]) != self.config.patch_size:
+            raise ValueError(
+                f"the universal prompt is sized to the training patch: UniSeg needs inputs of exactly "
+                f"{tuple(self.config.patch_size)} (D, H, W), got {tuple(x.shape[2:])}. Segment other sizes with "
+                f"uniseg_hub.inference (sliding window, roi_size={self.config.patch_size}), or use "
+                "UniSegBackbone / the encoder alone, which take any multiple of "
+                f"{tuple(self.config.divisor)}."
+            )
+        return as_task_tensor(task_id, x.shape[0], self.num_tasks, x.device)
+
+    def forward(self, x: torch.Tensor, task_id: int | Sequence[int] | torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        task = self.check_input(x, task_id)
+        *skips, bottleneck = self.encoder(x)
+        return self.decoder(skips, self.prompt(bottleneck, task))
+
+
+class UniSegBackbone(_UniSegBase):
+    """The prompt-free UniSeg encoder-decoder (the official downstream ``UniSeg_Backbone``).
+
+    Args:
+        config: network configuration; defaults to :meth:`UniSegConfig.btcv`. ``num_tasks`` is ignored.
+        **overrides: fields of the config to change.
+
+    Shapes:
+        ``forward(x)``: ``(B, C, D, H, W)`` with ``(D, H, W)`` multiples of ``config.divisor`` →
+        logits ``(B, num_classes, D, H, W)`` (or the deep-supervision list, finest first).
+    """
+
+    def __init__(self, config: UniSegConfig | None = None, **overrides: Any) -> None:
+        super().__init__(config, overrides)
+        self.encoder = UniSegEncoder(self.config)
+        self.decoder = UniSegDecoder(self.config, extra_bottleneck_channels=0)
+
+    @staticmethod
+    def default_config() -> UniSegConfig:
+        return UniSegConfig.btcv()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        *skips, bottleneck = self.encoder(x)
+        return self.decoder(skips, bottleneck)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Official checkpoint keys <-> ours
+# ---------------------------------------------------------------------------------------------------------------
+def _official_key(key: str, config: UniSegConfig, head_prefix: str) -> str:
+    """Our state-dict key → the official nnU-Net/UniSeg key (``head_prefix``: ``seg_outputs`` or ``seg_outputs_down``)."""
+    last, n = config.num_stages - 1, config.conv_per_stage
+
+    def block(prefix: str, stage: str, b: str, sequential_pair: bool) -> str:
+        if not sequential_pair:  # StackedConvLayers: <prefix>.<stage>.blocks.<b>
+            return f"{prefix}.{stage}.blocks.{b}"
+        # nn.Sequential(StackedConvLayers(n - 1 convs), StackedConvLayers(1 conv))
+        return f"{prefix}.{stage}.0.blocks.{b}" if int(b) < n - 1 else f"{prefix}.{stage}.1.blocks.0"
+
+    rules: list[tuple[str, Callable[[re.Match], str]]] = [
+        (r"prompt\.prompt", lambda m: "intermedia_prompt"),
+        (r"prompt\.fusion\.(\d+)\.(conv|norm)\.(\w+)", lambda m: f"fusion_layer.blocks.{m[1]}.{m[2]}.{m[3]}"),
+        (r"encoder\.stages\.0\.0\.convs\.(\d+)\.(\w+)", lambda m: f"conv_blocks_context.0.blocks.0.conv_{m[1]}.{m[2]}"),
+        (
+            r"encoder\.stages\.(\d+)\.(\d+)\.(conv|norm)\.(\w+)",
+            lambda m: f"{block('conv_blocks_context', m[1], m[2], int(m[1]) == last)}.{m[3]}.{m[4]}",
+        ),
+        (r"decoder\.stages\.(\d+)\.upsample\.weight", lambda m: f"tu.{m[1]}.weight"),
+        (
+            r"decoder\.stages\.(\d+)\.blocks\.(\d+)\.(conv|norm)\.(\w+)",
+            lambda m: f"{block('conv_blocks_localization', m[1], m[2], True)}.{m[3]}.{m[4]}",
+        ),
+        (r"decoder\.heads\.(\d+)\.weight", lambda m: f"{head_prefix}.{m[1]}.weight"),
+    ]
+    for pattern, repl in rules:
+        m = re.fullmatch(pattern, key)
+        if m:
+            return repl(m).replace(".norm.", ".instnorm.")
+    raise KeyError(f"no official counterpart for state-dict key {key!r}")
+
+
+def official_key_map(model: nn.Module) -> dict[str, str]:
+    """``{our key: official key}`` for every state-dict entry of ``model`` (a :class:`UniSeg` or :class:`UniSegBackbone`)."""
+    head_prefix = "seg_outputs" if isinstance(model, UniSeg) else "seg_outputs_down"
+    return {k: _official_key(k, model.config, head_prefix) for k in model.state_dict()}
+
+
+def is_official_state_dict(state_dict: Mapping[str, Any]) -> bool:
+    """True when the keys are the official nnU-Net/UniSeg layout (``conv_blocks_context.*`` ...)."""
+    return any(k.startswith(("conv_blocks_context.", "module.conv_blocks_context.")) for k in state_dict)
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Convert an official UniSeg/nnU-Net v1 state dict to ``model``'s keys (pure; native dicts pass through).
+
+    Keys without a counterpart in ``model`` are kept unchanged, so a following ``load_state_dict(strict=True)``
+    names them as unexpected instead of silently dropping them. A ``module.`` prefix (DataParallel) is removed.
+    """
+    if not is_official_state_dict(state_dict):
+        return dict(state_dict)
+    to_ours = {v: k for k, v in official_key_map(model).items()}
+    out = {}
+    for key, value in state_dict.items():
+        key = key[len("module."):] if key.startswith("module.") else key
+        out[to_ours.get(key, key)] = value
+    return out
+
+
+def to_official_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s state dict under the official key names, in the official network's key order."""
+    state = model.state_dict()
+    mapped = {official: state[ours] for ours, official in official_key_map(model).items()}
+    order = ["intermedia_prompt", "fusion_layer", "conv_blocks_localization", "conv_blocks_context", "tu.", "seg_outputs"]
+    rank = {k: next(i for i, p in enumerate(order) if k.startswith(p)) for k in mapped}
+    return dict(sorted(mapped.items(), key=lambda kv: rank[kv[0]]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Registry of presets
+# ---------------------------------------------------------------------------------------------------------------
+_MODEL_REGISTRY: dict[str, tuple[type[nn.Module], Callable[..., UniSegConfig]]] = {}
+
+
+def register_model(name: str, cls: type[nn.Module], config_fn: Callable[..., UniSegConfig]) -> None:
+    """Register a preset: ``create_model(name, **overrides)`` builds ``cls(config_fn(**overrides))``."""
+    _MODEL_REGISTRY[name] = (cls, config_fn)
+
+
+def list_models() -> list[str]:
+    return sorted(_MODEL_REGISTRY)
+
+
+def create_model(name: str, **overrides: Any) -> nn.Module:
+    """Build a registered preset with random weights, optionally overriding config fields."""
+    if name not in _MODEL_REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available: {list_models()}")
+    cls, config_fn = _MODEL_REGISTRY[name]
+    return cls(config_fn(**overrides))
+
+
+register_model("uniseg_11task", UniSeg, UniSegConfig.uniseg_11task)
+register_model("uniseg_btcv", UniSegBackbone, UniSegConfig.btcv)
+register_model("uniseg_vs", UniSegBackbone, UniSegConfig.vs)
