@@ -6,10 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv demo test test-all clean
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
+	# real scans for tests and the demo: nilearn ships the MNI152 2009a T1 + tissue maps (data only, no deps)
+	$(PY) -m pip install --quiet --no-deps nilearn==0.14.1
 	touch $(STAMP)
 
 venv: $(STAMP)
