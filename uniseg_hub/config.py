@@ -200,6 +200,11 @@ class UniSegConfig:
         bad = [p % d for p, d in zip(self.patch_size, self.divisor)]
         if any(bad):
             raise ValueError(f"patch_size {self.patch_size} must be divisible by the total stride {self.divisor}")
+        if self.norm[0] == "instance" and math.prod(self.prompt_size) == 1:
+            raise ValueError(
+                f"patch_size {self.patch_size} leaves a 1-voxel bottleneck (total stride {self.divisor}); instance "
+                "norm needs more than one voxel: use at least twice the total stride along one axis"
+            )
         if self.conv_per_stage < 1 or self.base_num_features < 1 or self.max_num_features < self.base_num_features:
             raise ValueError("conv_per_stage and base_num_features must be >= 1 and max_num_features >= base_num_features")
         if not self.input_channels or min(self.input_channels) < 1:

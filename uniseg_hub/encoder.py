@@ -91,6 +91,11 @@ class UniSegEncoder(nn.Module):
                 f"spatial size {tuple(x.shape[2:])} is not a multiple of the encoder's total stride "
                 f"{tuple(self.config.divisor)}; pad the volume or use uniseg_hub.inference (sliding window)"
             )
+        if self.config.norm[0] == "instance" and all(size == d for size, d in zip(x.shape[2:], self.config.divisor)):
+            raise ValueError(
+                f"spatial size {tuple(x.shape[2:])} leaves a 1-voxel bottleneck, which instance norm cannot "
+                f"normalise; use at least twice the total stride {tuple(self.config.divisor)} along one axis"
+            )
         if x.shape[1] not in self.config.input_channels:
             self.stages[0][0](x[:, :, :1, :1, :1])  # raises the stem's channel-count error
 

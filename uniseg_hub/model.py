@@ -12,6 +12,7 @@ ours (and :func:`to_official_state_dict` back), plus the registry of presets (:f
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any, Callable, Mapping, Sequence
 
@@ -44,7 +45,8 @@ class _UniSegBase(nn.Module):
     def __init__(self, config: UniSegConfig | None, overrides: Mapping[str, Any]) -> None:
         super().__init__()
         config = config if config is not None else self.default_config()
-        self.config = config.replace(**overrides) if overrides else config
+        # the model owns a private copy: set_deep_supervision / reset_classifier never touch the caller's config
+        self.config = copy.deepcopy(config.replace(**overrides) if overrides else config)
 
     @staticmethod
     def default_config() -> UniSegConfig:
