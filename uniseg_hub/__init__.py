@@ -13,5 +13,8 @@ from .model import (
     to_official_state_dict,
 )
 from .prompt import UniversalPrompt
+from .formats import CheckpointError, load_nnunet_v1_checkpoint
+from .hub import download, from_pretrained, list_pretrained, load_state_and_config
+from .report import LoadError, LoadReport
 
 __version__ = "0.1.0"

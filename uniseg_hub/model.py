@@ -1,6 +1,7 @@
 """UniSeg: a prompt-driven universal segmentation model (Ye et al., MICCAI 2023, arXiv 2304.03493).
 
-Origin: github.com/yeerwen/UniSeg (a patched nnU-Net v1; code Apache-2.0). This file holds the two networks
+Origin: github.com/yeerwen/UniSeg (a patched nnU-Net v1; its code and weights are licensed for non-commercial
+use only). This is an independent re-implementation: no official code is copied here. This file holds the two networks
 built from :class:`~uniseg_hub.config.UniSegConfig`:
 
 * :class:`UniSeg` — encoder → universal prompt → decoder, ``forward(x, task_id)``; the upstream 11-task model.
@@ -17,6 +18,7 @@ import re
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
+from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from .config import UniSegConfig
@@ -36,11 +38,45 @@ __all__ = [
 ]
 
 
-class _UniSegBase(nn.Module):
-    """What both networks share: config handling, deep-supervision switch, head reset, timm-style helpers."""
+class _UniSegBase(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="uniseg_hub",
+    repo_url="https://github.com/yeerwen/UniSeg",
+    paper_url="https://arxiv.org/abs/2304.03493",
+    tags=["medical-imaging", "3d-segmentation", "uniseg"],
+):
+    """What both networks share: config handling, deep-supervision switch, head reset, timm-style helpers, and
+    ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` (huggingface_hub's mixin; loading is strict and
+    goes through :func:`uniseg_hub.hub.from_pretrained`, saving writes ``config.json`` = ``config.to_dict()``,
+    ``model.safetensors`` and a generated model card)."""
 
     encoder: UniSegEncoder
     decoder: UniSegDecoder
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *, revision: str | None = None, cache_dir: Any = None,
+                        local_files_only: bool = False, force_download: bool = False, token: Any = None,
+                        strict: bool = True, map_location: Any = "cpu", **overrides: Any) -> nn.Module:
+        """Load weights (folder, ``.safetensors``, official ``.model``, registry name or Hub id); see
+        :func:`uniseg_hub.hub.from_pretrained`. Mismatched keys raise unless ``strict=False``."""
+        from .hub import from_pretrained  # noqa: PLC0415 (hub imports this module)
+
+        return from_pretrained(pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir,
+                               local_files_only=local_files_only, force_download=force_download, token=token,
+                               strict=strict, map_location=map_location,
+                               model_cls=None if cls is _UniSegBase else cls, **overrides)
+
+    def _save_pretrained(self, save_directory: Any) -> None:
+        from .formats.safetensors_dir import save_folder  # noqa: PLC0415
+
+        save_folder(self.state_dict(), self.config, save_directory, provenance=getattr(self, "provenance", None))
+
+    def generate_model_card(self, *args: Any, **kwargs: Any) -> Any:
+        from .formats.safetensors_dir import model_card  # noqa: PLC0415
+
+        n = sum(t.numel() for t in self.state_dict().values())
+        return model_card(self.config, getattr(self, "provenance", None), num_parameters=n)
 
     def __init__(self, config: UniSegConfig | None, overrides: Mapping[str, Any]) -> None:
         super().__init__()

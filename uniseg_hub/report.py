@@ -33,6 +33,7 @@ class LoadReport:
         unexpected: checkpoint keys with no place in the model (an error unless allowed).
         mismatched: model key → ``(checkpoint shape, model shape)`` (an error unless allowed).
         random_init: model keys left at their random initialisation.
+        frozen: parameters an adapter froze (``requires_grad=False``, norm statistics fixed).
     """
 
     source: str = ""
@@ -42,6 +43,7 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     mismatched: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
     random_init: list[str] = field(default_factory=list)
+    frozen: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -55,6 +57,8 @@ class LoadReport:
             f"{len(self.dropped)} dropped",
             f"{len(self.random_init)} left at random init",
         ]
+        if self.frozen:
+            parts.append(f"{len(self.frozen)} frozen")
         if self.unexpected:
             parts.append(f"{len(self.unexpected)} unexpected")
         if self.mismatched:
@@ -67,11 +71,18 @@ class LoadReport:
             lines.append(f"  adapted      {key}: {how}")
         lines += [f"  dropped      {k}" for k in self.dropped]
         lines += [f"  random init  {k}" for k in self.random_init]
+        lines += [f"  frozen       {k}" for k in self.frozen]
         lines += [f"  unexpected   {k}" for k in self.unexpected]
         lines += [f"  mismatched   {k}: checkpoint {a} vs model {b}" for k, (a, b) in self.mismatched.items()]
         return "\n".join(lines)
 
     __str__ = details
+
+    def to_dict(self) -> dict:
+        """JSON-friendly form (for logs and ``uniseg-hub info --json``)."""
+        return dict(source=self.source, matched=list(self.matched), adapted=dict(self.adapted), dropped=list(self.dropped),
+                    unexpected=list(self.unexpected), random_init=list(self.random_init),
+                    mismatched={k: [list(a), list(b)] for k, (a, b) in self.mismatched.items()})
 
     def log(self, logger: logging.Logger, level: int = logging.INFO) -> None:
         logger.log(level, "%s", self.details())
@@ -101,13 +112,16 @@ def load_with_report(
     source: str = "",
     adapted: Mapping[str, str] | None = None,
     dropped: list[str] | None = None,
+    assign: bool = False,
 ) -> LoadReport:
     """Load ``state_dict`` (already in ``model``'s key names) into ``model`` and report what happened.
 
     With ``strict=True`` (the default) unexpected keys, shape mismatches and model keys missing from the
     checkpoint raise :class:`LoadError` *before* any tensor is copied; with ``strict=False`` whatever fits is
     loaded and the rest is listed in the report. ``adapted``/``dropped`` are recorded as given (the caller
-    already transformed those tensors / removed those keys).
+    already transformed those tensors / removed those keys). ``assign=True`` makes the checkpoint tensors the
+    model's parameters instead of copying into them (``nn.Module.load_state_dict(assign=True)``); use it for a
+    model built on the ``meta`` device, whose every key the state dict must then provide.
     """
     own = model.state_dict()
     report = LoadReport(source=source, adapted=dict(adapted or {}), dropped=list(dropped or []))
@@ -124,5 +138,7 @@ def load_with_report(
     report.random_init = [k for k in own if k not in loadable]
     if strict:
         report.raise_for_errors(missing_is_error=True)
-    model.load_state_dict(loadable, strict=False)
+    if assign and report.random_init:
+        raise LoadError(f"assign=True needs a tensor for every model key; missing: {report.random_init[:8]}")
+    model.load_state_dict(loadable, strict=False, assign=assign)
     return report

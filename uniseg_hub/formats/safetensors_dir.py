@@ -1,0 +1,213 @@
+"""uniseg_hub's own weight format: a folder with ``config.json`` + ``model.safetensors`` + a generated ``README.md``.
+
+The folder is what :meth:`UniSeg.save_pretrained` writes and what a Hugging Face Hub repository holds. The
+``model.safetensors`` file also carries the config (and provenance) in its header metadata, so a lone
+``.safetensors`` file is self-describing too. Reading never executes code (safetensors holds raw tensors only).
+
+Layout::
+
+    my_model/
+      config.json          UniSegConfig.to_dict(): architecture + tasks + preprocessing contract
+      model.safetensors    state dict in uniseg_hub key names; metadata: format, uniseg_hub_config, provenance
+      README.md            model card (architecture, tasks, preprocessing contract, provenance, license)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from huggingface_hub import ModelCard, ModelCardData
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from ..config import UniSegConfig
+from .nnunet_v1 import CheckpointError
+
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "CARD_NAME", "save_folder", "read_safetensors", "model_card", "UNISEG_LICENSE"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+
+#: The licence of the authors' UniSeg code and released weights (non-commercial; commercial licence on request).
+UNISEG_LICENSE = {
+    "license": "other",
+    "license_name": "uniseg-noncommercial",
+    "license_link": "https://github.com/yeerwen/UniSeg/blob/main/LICENSE",
+}
+PAPER = "https://arxiv.org/abs/2304.03493"
+
+
+def _json_meta(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def save_folder(
+    state_dict: Mapping[str, torch.Tensor],
+    config: UniSegConfig,
+    directory: str | os.PathLike,
+    *,
+    provenance: Mapping[str, Any] | None = None,
+    write_card: bool = True,
+) -> Path:
+    """Write ``config.json``, ``model.safetensors`` (and the model card) into ``directory``.
+
+    Args:
+        state_dict: tensors under uniseg_hub key names (``encoder.stages.0.0.convs.1.weight`` ...).
+        config: the network's config; stored as ``config.json`` and in the safetensors header.
+        provenance: where the weights come from (``source``, ``source_sha256``, ``converted_from``, ``license``,
+            ...); stored in the header and shown on the card.
+
+    Returns:
+        The directory.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    metadata = {"format": "pt", "uniseg_hub_config": _json_meta(config.to_dict())}
+    if provenance:
+        metadata["provenance"] = _json_meta(dict(provenance))
+    tmp = directory / (WEIGHTS_NAME + ".tmp")
+    save_file(tensors, tmp, metadata=metadata)
+    os.replace(tmp, directory / WEIGHTS_NAME)
+    config.to_json(directory / CONFIG_NAME)
+    if write_card:
+        model_card(config, provenance, num_parameters=sum(t.numel() for t in tensors.values())).save(directory / CARD_NAME)
+    return directory
+
+
+def read_safetensors(
+    path: str | os.PathLike, *, map_location: str | torch.device = "cpu"
+) -> tuple[dict[str, torch.Tensor], UniSegConfig, dict[str, Any]]:
+    """Read our format from a folder (``config.json`` + ``model.safetensors``) or a ``.safetensors`` file.
+
+    The config is taken from ``config.json`` when present (folder, or next to the file), else from the file's
+    header metadata.
+
+    Returns:
+        ``(state_dict, config, meta)`` with ``meta`` holding ``provenance`` (dict, possibly empty) and ``path``.
+
+    Raises:
+        CheckpointError: missing files, a truncated/corrupt file, or no config anywhere.
+    """
+    path = Path(path)
+    weights = path / WEIGHTS_NAME if path.is_dir() else path
+    if not weights.is_file():
+        found = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+        raise CheckpointError(f"{path}: expected {WEIGHTS_NAME} (a uniseg_hub save_pretrained folder), found {found or 'nothing'}")
+    try:
+        with safe_open(weights, framework="pt") as fh:
+            header = fh.metadata() or {}
+        state = load_file(weights, device=str(map_location))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{weights} is not a readable safetensors file (truncated or corrupt?): {e}") from None
+    config_file = weights.parent / CONFIG_NAME
+    try:
+        if config_file.is_file():
+            config = UniSegConfig.from_json(config_file)
+        elif "uniseg_hub_config" in header:
+            config = UniSegConfig.from_dict(json.loads(header["uniseg_hub_config"]))
+        else:
+            raise CheckpointError(
+                f"{weights} carries no UniSeg config: expected {CONFIG_NAME} next to it or 'uniseg_hub_config' in "
+                f"its metadata (found metadata keys {sorted(header)}); was it written by uniseg_hub?"
+            )
+    except (ValueError, TypeError, json.JSONDecodeError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"the config of {weights} is not a valid UniSegConfig: {e}") from None
+    provenance = json.loads(header["provenance"]) if "provenance" in header else {}
+    return state, config, {"provenance": provenance, "path": str(weights)}
+
+
+def _task_table(config: UniSegConfig) -> str:
+    if not config.tasks:
+        return f"No task list: a prompt-free network with {config.num_classes} output classes." if config.num_tasks == 0 else (
+            f"{config.num_tasks} prompt tasks (no names recorded).")
+    rows = ["| id | task | classes (incl. background) | input channels | labels |", "| --- | --- | --- | --- | --- |"]
+    for i, t in enumerate(config.tasks):
+        labels = ", ".join(f"{k}: {v}" for k, v in t.labels.items())
+        rows.append(f"| {i} | {t.name} | {t.num_classes} | {' + '.join(t.modalities)} | {labels} |")
+    return "\n".join(rows)
+
+
+def _preprocessing_text(config: UniSegConfig) -> str:
+    pp = config.preprocessing
+    lines = [
+        f"- target spacing (z, y, x): {pp.spacing} mm",
+        f"- orientation: {pp.orientation or 'keep the file voxel order (as nnU-Net v1)'}",
+        f"- patch size (D, H, W): {config.patch_size}; inputs to `UniSeg` must be exactly this size "
+        f"(use sliding-window inference for volumes); the backbone takes multiples of {config.divisor}",
+    ]
+    for mod, spec in pp.normalization.items():
+        if spec["scheme"] == "clip_rescale":
+            lines.append(f"- {mod}: clip to [{spec['low']}, {spec['high']}] and scale linearly to [0, 1]")
+        else:
+            lines.append(f"- {mod}: z-score per image (subtract mean, divide by standard deviation)")
+    return "\n".join(lines)
+
+
+def model_card(config: UniSegConfig, provenance: Mapping[str, Any] | None = None, *, num_parameters: int | None = None) -> ModelCard:
+    """The model card (``README.md``) of a saved UniSeg: architecture, tasks, preprocessing contract, provenance, licence."""
+    prov = dict(provenance or {})
+    lic = prov.get("license") or {}
+    if isinstance(lic, str):
+        lic = {"license": lic}
+    data = ModelCardData(
+        library_name="uniseg_hub",
+        license=lic.get("license", "other"),
+        license_name=lic.get("license_name"),
+        license_link=lic.get("license_link"),
+        tags=["medical-imaging", "3d-segmentation", "uniseg", "pytorch_model_hub_mixin", "model_hub_mixin"],
+        pipeline_tag="image-segmentation",
+    )
+    kind = "UniSeg (prompt-driven universal segmentation)" if config.num_tasks else "UniSeg backbone (prompt-free encoder-decoder)"
+    params = f"{num_parameters:,}" if num_parameters is not None else "see model.safetensors"
+    prov_lines = "\n".join(f"- {k}: {v}" for k, v in prov.items() if k != "license") or "- not recorded"
+    licence_text = (
+        f"{lic.get('license', 'other')}"
+        + (f" ({lic['license_name']}, {lic['license_link']})" if lic.get("license_name") else "")
+        + ("" if lic else " — no licence was recorded for these weights; ask their author before reuse")
+    )
+    body = f"""
+# {config.name}
+
+{kind}, from *UniSeg: A Prompt-driven Universal Segmentation Model as well as A Strong Representation Learner*
+(Ye et al., MICCAI 2023, [{PAPER}]({PAPER}); official code github.com/yeerwen/UniSeg). Saved by `uniseg_hub`.
+
+## Use
+
+```python
+import uniseg_hub
+model = uniseg_hub.from_pretrained("<this folder or hub id>")   # UniSeg or UniSegBackbone, eval mode
+print(model.load_report)                                        # what was matched / adapted / left at init
+```
+
+## Architecture
+
+- stages (channels): {config.stage_channels}; strides: {config.pool_op_kernel_sizes}; conv kernels: {config.conv_kernel_sizes}
+- {config.conv_per_stage} conv-norm-act blocks per stage; norm {config.norm}; activation {config.act}
+- input channel stems: {config.input_channels}; output classes: {config.num_classes}; prompt tasks: {config.num_tasks}
+- parameters: {params}
+
+## Tasks
+
+{_task_table(config)}
+
+## Preprocessing contract
+
+{_preprocessing_text(config)}
+
+## Provenance
+
+{prov_lines}
+
+## License
+
+{licence_text}
+"""
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
