@@ -1,0 +1,25 @@
+"""Fine-tuning engine: the official UniSeg downstream recipe with exact resume.
+
+:class:`TrainConfig` holds the recipe, :func:`finetune` runs it, :func:`evaluate` scores whole volumes.
+"""
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .engine import TrainResult, evaluate, finetune, predict_volume
+from .losses import DeepSupervisionLoss, deep_supervision_weights
+from .metrics import segmentation_metrics
+from .sampling import PatchSampler
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "finetune",
+    "evaluate",
+    "predict_volume",
+    "DeepSupervisionLoss",
+    "deep_supervision_weights",
+    "segmentation_metrics",
+    "PatchSampler",
+    "save_checkpoint",
+    "load_checkpoint",
+]
