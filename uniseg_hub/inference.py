@@ -20,6 +20,7 @@ MONAI's argument names (``roi_size``, ``sw_batch_size``, ``overlap``, ``mode``, 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -161,6 +162,19 @@ def _call(model: Callable, x: torch.Tensor, task_id: int | None) -> torch.Tensor
     return out[0] if isinstance(out, (list, tuple)) else out
 
 
+_AMP_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+def _autocast(device: torch.device, amp_dtype: torch.dtype | str | None):
+    """``torch.autocast`` for ``amp_dtype`` (``None``/``"fp32"``: a no-op context)."""
+    if amp_dtype is None or amp_dtype in ("fp32", "float32", torch.float32):
+        return contextlib.nullcontext()
+    dtype = _AMP_DTYPES.get(amp_dtype, amp_dtype) if isinstance(amp_dtype, str) else amp_dtype
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"amp_dtype must be 'bf16', 'fp16', torch.bfloat16, torch.float16 or None, got {amp_dtype!r}")
+    return torch.autocast(device.type, dtype=dtype)
+
+
 @torch.inference_mode()
 def sliding_window_inference(
     inputs: torch.Tensor,
@@ -177,6 +191,8 @@ def sliding_window_inference(
     device: str | torch.device | None = None,
     memory_limit_gb: float | None = None,
     importance_map: torch.Tensor | None = None,
+    amp_dtype: torch.dtype | str | None = None,
+    channels_last: bool = False,
 ) -> torch.Tensor:
     """Whole-volume class probabilities from a network that takes fixed-size windows (official ``predict_3D``).
 
@@ -199,6 +215,15 @@ def sliding_window_inference(
         memory_limit_gb: raise :class:`InferenceMemoryError` when the rough estimate exceeds it (default: 90 %
             of the GPU's memory, 80 % of RAM on CPU).
         importance_map: a precomputed ``roi_size`` weight map to reuse across calls.
+        amp_dtype: run the network under ``torch.autocast(device.type, amp_dtype)`` (``"bf16"``/``"fp16"`` or a
+            dtype; meant for CUDA). Softmax, mirroring and aggregation stay float32. ``None``: float32 throughout.
+        channels_last: feed each window batch in ``torch.channels_last_3d`` memory format (convert the network
+            with ``model.to(memory_format=torch.channels_last_3d)`` too).
+
+    Windows and their mirror flips are batched ``sw_batch_size`` at a time into one forward; each window's flips
+    are averaged before its single Gaussian-weighted add into the ``(K, D, H, W)`` buffer, which stays on
+    ``device`` (no per-window host copies). Results equal the one-window-one-flip-per-forward loop of nnU-Net v1
+    (tested to 1e-5 in ``tests/test_predict_perf.py``; ``benchmarks/predict.py`` measures the speed).
 
     Returns:
         ``(1, K, D, H, W)`` float32 probabilities on ``device`` (``(K, D, H, W)`` for a 4D input).
@@ -234,6 +259,7 @@ def sliding_window_inference(
         importance_map = gaussian_importance_map(roi, sigma_scale, device) if use_gauss else torch.ones(roi, device=device)
     importance_map = importance_map.to(device=device, dtype=torch.float32)
     scale = 1.0 / len(flips)
+    autocast = _autocast(device, amp_dtype)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -243,7 +269,11 @@ def sliding_window_inference(
         for b in range(0, len(jobs), sw_batch_size):
             batch = jobs[b : b + sw_batch_size]
             xb = torch.stack([x[(slice(None),) + w].flip(f) if f else x[(slice(None),) + w] for w, f in batch])
-            logits = _call(predictor, xb, task_id).float()
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last_3d)
+            with autocast:
+                logits = _call(predictor, xb, task_id)
+            logits = logits.float()
             pred = torch.softmax(logits, dim=1) if apply_softmax else logits
             if aggregated is None:
                 classes = pred.shape[1]
@@ -252,9 +282,20 @@ def sliding_window_inference(
                 weights = torch.zeros(x.shape[1:], device=device)
                 for w in windows:
                     weights[w] += importance_map
-            for (w, f), p in zip(batch, pred):
-                p = p.flip(f) if f else p
-                aggregated[(slice(None),) + w] += p * (importance_map * scale)
+            # average the flips of each window present in this batch, then one weighted add per window
+            i = 0
+            while i < len(batch):
+                w = batch[i][0]
+                acc = None
+                while i < len(batch) and batch[i][0] == w:
+                    f = batch[i][1]
+                    p = pred[i].flip(f) if f else pred[i]
+                    if acc is None:
+                        acc = p if scale == 1.0 else p * scale
+                    else:
+                        acc.add_(p, alpha=scale)
+                    i += 1
+                aggregated[(slice(None),) + w].addcmul_(acc, importance_map)
             if bar is not None:
                 bar.update(len(batch))
     finally:
@@ -347,6 +388,26 @@ def check_input(
     return msgs
 
 
+class _CompiledWithFallback:
+    """``torch.compile(model)`` that falls back to the eager ``model`` (logging why) when compiling fails."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.config = model, getattr(model, "config", None)
+        self.compiled: Callable[..., Any] | None = torch.compile(model, dynamic=False)
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def __call__(self, *args: Any) -> Any:
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args)
+            except Exception as err:  # torch.compile raises many backend-specific types
+                logger.warning("torch.compile failed (%s: %s); predicting in eager mode", type(err).__name__, err)
+                self.compiled = None
+        return self.model(*args)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Scan-level predictor
 # ---------------------------------------------------------------------------------------------------------------
@@ -382,6 +443,16 @@ class UniSegPredictor:
         spacing: target spacing override ``(z, y, x)`` (default ``config.preprocessing.spacing``).
         progress: tqdm bar over windows.
         memory_limit_gb: see :func:`sliding_window_inference`.
+        mirror_axes: axes to mirror when ``mirror`` (default ``(0, 1, 2)``, 8 passes per window; ``(2,)`` is a
+            documented fast mode, see ``benchmarks/README.md``).
+        amp: ``"bf16"`` or ``"fp16"`` autocast for the network (meant for CUDA; an approximate mode: the
+            probabilities differ from float32 by the half-precision rounding), ``None`` for float32.
+        channels_last: convert the network and windows to ``torch.channels_last_3d``.
+        optimize: rewrite the network **in place** with :func:`uniseg_hub.perf.optimize_for_inference` (group-norm
+            instance norm, fused upsample+concat, matmul heads; state-dict keys unchanged, outputs within ~1e-5):
+            the fastest CPU setting measured in ``benchmarks/predict.py``.
+        compile: wrap the network in ``torch.compile`` (opt-in; falls back to eager, with a warning in the log, if
+            compilation fails). The first window pays the compile time.
 
     Example:
         >>> predictor = UniSegPredictor(model, mirror=False)
@@ -400,6 +471,11 @@ class UniSegPredictor:
         spacing: Sequence[float] | None = None,
         progress: bool = False,
         memory_limit_gb: float | None = None,
+        mirror_axes: Sequence[int] = (0, 1, 2),
+        amp: str | None = None,
+        channels_last: bool = False,
+        optimize: bool = False,
+        compile: bool = False,
     ) -> None:
         self.config = config if config is not None else getattr(model, "config", None)
         if not isinstance(self.config, UniSegConfig):
@@ -409,11 +485,23 @@ class UniSegPredictor:
             device = p.device if p is not None else "cpu"
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        if optimize:
+            from .perf import optimize_for_inference
+
+            optimize_for_inference(self.model)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last_3d)
         self.sw_batch_size, self.overlap, self.mirror = sw_batch_size, overlap, mirror
+        if any(a not in (0, 1, 2) for a in mirror_axes):
+            raise ValueError(f"mirror_axes must be spatial axes among (0, 1, 2), got {tuple(mirror_axes)}")
+        self.mirror_axes = tuple(sorted(set(int(a) for a in mirror_axes)))
+        _autocast(self.device, amp)  # validate early
+        self.amp, self.channels_last = amp, channels_last
         self.spacing = None if spacing is None else [float(s) for s in spacing]
         self.progress, self.memory_limit_gb = progress, memory_limit_gb
         self._gaussian = gaussian_importance_map(self.config.patch_size, device=self.device)
         self._takes_task = self.config.num_tasks > 0 and self._accepts_task(model)
+        self._net: Callable[..., torch.Tensor] = _CompiledWithFallback(self.model) if compile else self.model
 
     @staticmethod
     def _accepts_task(model: nn.Module) -> bool:
@@ -452,10 +540,11 @@ class UniSegPredictor:
     def predict_preprocessed(self, data: torch.Tensor, task_id: int | None) -> torch.Tensor:
         """Softmax ``(K, D, H, W)`` of a preprocessed ``(C, D, H, W)`` volume (all K network outputs)."""
         return sliding_window_inference(
-            data, self.config.patch_size, self.sw_batch_size, self.model, overlap=self.overlap,
+            data, self.config.patch_size, self.sw_batch_size, self._net, overlap=self.overlap,
             progress=self.progress, task_id=task_id if self._takes_task else None,
-            mirror_axes=(0, 1, 2) if self.mirror else (), device=self.device,
-            memory_limit_gb=self.memory_limit_gb, importance_map=self._gaussian,
+            mirror_axes=self.mirror_axes if self.mirror else (), device=self.device,
+            memory_limit_gb=self.memory_limit_gb, importance_map=self._gaussian, amp_dtype=self.amp,
+            channels_last=self.channels_last,
         )
 
     # -- main entry -------------------------------------------------------------------------------------------
