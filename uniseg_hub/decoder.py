@@ -10,16 +10,23 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from .config import UniSegConfig
-from .layers import ConvNormAct, init_he_
+from .layers import ConvNormAct, init_he_, upsample_concat
 
 __all__ = ["UniSegDecoder", "DecoderStage", "SegmentationHeads"]
 
 
 class DecoderStage(nn.Module):
-    """Upsample ``x`` to the skip's resolution, concatenate the skip, run the conv blocks."""
+    """Upsample ``x`` to the skip's resolution, concatenate the skip, run the conv blocks.
+
+    ``fused_upsample = True`` (set by :func:`uniseg_hub.perf.optimize_for_inference`) computes the transposed
+    conv and the concatenation in one pass (:func:`~uniseg_hub.layers.upsample_concat`); outputs are identical.
+    """
+
+    fused_upsample: bool = False
 
     def __init__(self, in_channels: int, skip_channels: int, scale: Sequence[int], kernel: Sequence[int], num_blocks: int, config: UniSegConfig) -> None:
         super().__init__()
@@ -31,6 +38,8 @@ class DecoderStage(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        if self.fused_upsample and not torch.is_autocast_enabled(x.device.type):
+            return self.blocks(upsample_concat(self.upsample, x, skip))
         return self.blocks(torch.cat([self.upsample(x), skip], dim=1))
 
 
@@ -77,7 +86,12 @@ class UniSegDecoder(nn.Module):
             down = skip
         self.stages = nn.ModuleList(stages)
         self.heads = SegmentationHeads([ch[-(2 + u)] for u in range(n)], config.num_classes)
+        self.grad_checkpointing = False
         self.stages.apply(init_he_)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each decoder stage's activations in the backward pass to save memory (training only)."""
+        self.grad_checkpointing = bool(enable)
 
     @property
     def num_classes(self) -> int:
@@ -88,8 +102,9 @@ class UniSegDecoder(nn.Module):
         if len(skips) != len(self.stages):
             raise ValueError(f"the decoder needs {len(self.stages)} skip tensors, got {len(skips)}")
         x, out = bottleneck, []
+        ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for stage, skip in zip(self.stages, reversed(skips)):
-            x = stage(x, skip)
+            x = torch.utils.checkpoint.checkpoint(stage, x, skip, use_reentrant=False) if ckpt else stage(x, skip)
             out.append(x)
         return out
 

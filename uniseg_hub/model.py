@@ -106,7 +106,9 @@ class _UniSegBase(
         self.config.deep_supervision = bool(enable)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute encoder and decoder stage activations in the backward pass (less memory, more time)."""
         self.encoder.set_grad_checkpointing(enable)
+        self.decoder.set_grad_checkpointing(enable)
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace every segmentation head by a freshly initialised one with ``num_classes`` outputs."""

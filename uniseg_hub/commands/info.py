@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Read weights safely (no pickled code runs) and print their network config, tasks, preprocessing "
         "contract and size. Registry names and hub ids are downloaded/cached first.",
     )
-    p.add_argument("path", help="file, folder, registered name (see --list) or Hugging Face Hub id")
+    p.add_argument("path", nargs="?", help="file, folder, registered name (see --list) or Hugging Face Hub id")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.add_argument("--list", action="store_true", help="list the registered weight names and exit")
     p.set_defaults(func=run)
@@ -43,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
 
         sys.stdout.write("\n".join(list_pretrained()) + "\n")
         return 0
+    if args.path is None:
+        raise ValueError("expected PATH (a checkpoint file, folder, registered name or hub id), or --list")
     info = describe(args.path)
     if args.json:
         sys.stdout.write(json.dumps(info, indent=2) + "\n")

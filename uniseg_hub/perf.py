@@ -1,0 +1,256 @@
+"""Speed and memory options for UniSeg networks, each opt-in, output-preserving and measured in ``benchmarks/``.
+
+:func:`optimize_for_inference` and :func:`optimize_for_training` rewrite a built model **in place** without
+changing its state-dict keys or parameters (the same ``nn.Parameter`` objects are kept, so optimizers and
+loaded weights stay valid):
+
+* ``fast_norm`` — instance norm (MONAI's ``nn.InstanceNorm3d``) computed with ``group_norm`` (one group per
+  channel, identical maths) followed by an in-place activation: about 2x faster than ``instance_norm`` on CPU,
+  which runs ``batch_norm`` over a reshaped copy.
+* ``fused_upsample`` — the decoder's kernel==stride transposed conv and the skip concatenation done as one
+  matrix product written straight into the concatenation buffer (:func:`~uniseg_hub.layers.upsample_concat`);
+  about 3x faster for that step, bit-identical.
+* ``pointwise_heads`` — the 1x1x1 segmentation heads as a matrix product (no oneDNN layout reorder).
+* ``channels_last`` — ``torch.channels_last_3d`` memory format (measured slower on CPU overall: instance norm
+  then copies; see ``benchmarks/README.md``).
+* ``compile`` — ``torch.compile`` with an eager fallback when compilation fails.
+
+:func:`set_grad_checkpointing` enables activation checkpointing in the encoder **and** the decoder stages.
+
+Example:
+    >>> model = optimize_for_inference(UniSeg(UniSegConfig.uniseg_11task(base_num_features=4,
+    ...                                                                  patch_size=[16, 32, 64])).eval())
+    >>> with torch.inference_mode():
+    ...     model(torch.zeros(1, 1, 16, 32, 64), task_id=0).shape
+    torch.Size([1, 4, 16, 32, 64])
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .decoder import DecoderStage, SegmentationHeads
+
+__all__ = [
+    "FastInstanceNorm3d",
+    "PointwiseConv3d",
+    "optimize_for_inference",
+    "optimize_for_training",
+    "set_grad_checkpointing",
+    "try_compile",
+]
+
+log = logging.getLogger(__name__)
+
+
+class FastInstanceNorm3d(nn.InstanceNorm3d):
+    """``nn.InstanceNorm3d`` (no running statistics) computed as ``group_norm`` with one group per channel.
+
+    Same parameters and state-dict keys (``weight``, ``bias``) as the module it replaces, same outputs
+    (float32 rounding aside, ~1e-6). Inputs in ``channels_last_3d`` layout go through ``instance_norm``, whose
+    reduction is exact there (``group_norm``'s channels-last kernel sums naively and loses ~1e-3).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 5 or not x.is_contiguous() or x.shape[0] == 0:
+            return super().forward(x)
+        return F.group_norm(x, x.shape[1], self.weight, self.bias, self.eps)
+
+    @classmethod
+    def from_instance_norm(cls, norm: nn.InstanceNorm3d) -> "FastInstanceNorm3d":
+        if norm.track_running_stats:
+            raise ValueError("FastInstanceNorm3d replaces instance norm without running statistics only")
+        new = cls(norm.num_features, eps=norm.eps, affine=norm.affine, track_running_stats=False)
+        if norm.affine:
+            new.weight, new.bias = norm.weight, norm.bias  # the same Parameter objects
+        return new.train(norm.training)
+
+
+class PointwiseConv3d(nn.Conv3d):
+    """A 1x1x1 ``Conv3d`` computed as one matrix product ``(C_out, C_in) @ (B, C_in, D*H*W)``; same parameters."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 5 or not x.is_contiguous() or self.groups != 1:
+            return super().forward(x)
+        b, c, *size = x.shape
+        w = self.weight.reshape(self.out_channels, c).to(x.dtype)
+        y = torch.matmul(w, x.reshape(b, c, -1))
+        if self.bias is not None:
+            y = y + self.bias.to(x.dtype).view(1, -1, 1)
+        return y.view(b, self.out_channels, *size)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv3d) -> "PointwiseConv3d":
+        new = cls(conv.in_channels, conv.out_channels, 1, bias=conv.bias is not None, device="meta")
+        new.weight = conv.weight
+        if conv.bias is not None:
+            new.bias = conv.bias
+        return new.train(conv.training)
+
+
+def _replace_norms(model: nn.Module) -> int:
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.InstanceNorm3d and not child.track_running_stats:
+                setattr(parent, name, FastInstanceNorm3d.from_instance_norm(child))
+                count += 1
+    return count
+
+
+def _replace_heads(model: nn.Module) -> int:
+    count = 0
+    for heads in [m for m in model.modules() if isinstance(m, SegmentationHeads)]:
+        for i, head in enumerate(heads):
+            if type(head) is nn.Conv3d and tuple(head.kernel_size) == (1, 1, 1) and head.groups == 1:
+                heads[i] = PointwiseConv3d.from_conv(head)
+                count += 1
+    return count
+
+
+def _set_fused_upsample(model: nn.Module, enable: bool) -> int:
+    stages = [m for m in model.modules() if isinstance(m, DecoderStage)]
+    for stage in stages:
+        stage.fused_upsample = bool(enable)
+    return len(stages)
+
+
+def set_grad_checkpointing(model: nn.Module, enable: bool = True) -> None:
+    """Activation checkpointing for every encoder and decoder stage of ``model`` (a UniSeg network or part).
+
+    Takes effect in training mode with gradients enabled; outputs and gradients are unchanged.
+    """
+    found = False
+    for m in model.modules():
+        if m is not model and hasattr(m, "set_grad_checkpointing") and hasattr(m, "grad_checkpointing"):
+            m.set_grad_checkpointing(enable)
+            found = True
+    if hasattr(model, "grad_checkpointing"):
+        model.set_grad_checkpointing(enable)
+        found = True
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no encoder or decoder that supports gradient checkpointing")
+
+
+def try_compile(model: nn.Module, example_inputs: Sequence[Any] | None = None, **compile_kwargs: Any) -> bool:
+    """``model.compile(**compile_kwargs)`` in place; with ``example_inputs`` run once to compile now.
+
+    Returns ``True`` if compilation succeeded; on failure it logs a warning, restores the eager forward and
+    returns ``False`` (compilation needs a C++ compiler on CPU and Triton on CUDA).
+    """
+    try:
+        model.compile(**compile_kwargs)
+        if example_inputs is not None:
+            with torch.inference_mode(not model.training):
+                model(*example_inputs)
+        return True
+    except Exception as exc:  # noqa: BLE001 - any compiler failure falls back to eager
+        log.warning("torch.compile failed (%s: %s); using the eager model", type(exc).__name__, str(exc)[:500])
+        model._compiled_call_impl = None
+        return False
+
+
+def _optimize(
+    model: nn.Module,
+    *,
+    fast_norm: bool,
+    fused_upsample: bool,
+    pointwise_heads: bool,
+    channels_last: bool,
+    compile: bool,
+    example_inputs: Sequence[Any] | None,
+    compile_kwargs: dict[str, Any] | None,
+) -> nn.Module:
+    done = []
+    if fast_norm:
+        done.append(f"{_replace_norms(model)} fast norms")
+    if fused_upsample:
+        done.append(f"{_set_fused_upsample(model, True)} fused upsample+concat")
+    if pointwise_heads:
+        done.append(f"{_replace_heads(model)} pointwise heads")
+    if channels_last:
+        model.to(memory_format=torch.channels_last_3d)
+        done.append("channels_last_3d")
+    if compile:
+        done.append("compiled" if try_compile(model, example_inputs, **(compile_kwargs or {})) else "compile failed")
+    log.info("optimized %s: %s", type(model).__name__, ", ".join(done) or "nothing")
+    return model
+
+
+def optimize_for_inference(
+    model: nn.Module,
+    *,
+    fast_norm: bool = True,
+    fused_upsample: bool = True,
+    pointwise_heads: bool = True,
+    channels_last: bool = False,
+    compile: bool = False,
+    example_inputs: Sequence[Any] | None = None,
+    compile_kwargs: dict[str, Any] | None = None,
+) -> nn.Module:
+    """Rewrite ``model`` in place for faster inference and return it (state-dict keys unchanged).
+
+    The defaults are the options that won in ``benchmarks/forward.py`` on CPU (outputs within ~1e-5 of the
+    eager network). Run the model under ``torch.inference_mode()``. With ``channels_last``, feed inputs in
+    ``torch.channels_last_3d`` format too.
+
+    Args:
+        model: a UniSeg network (or any module using ``nn.InstanceNorm3d`` / UniSeg decoder stages).
+        fast_norm: instance norm through ``group_norm``.
+        fused_upsample: transposed conv + skip concatenation in one pass.
+        pointwise_heads: 1x1x1 heads as matrix products.
+        channels_last: convert parameters to ``channels_last_3d``.
+        compile: ``torch.compile`` the model (eager fallback on failure, see :func:`try_compile`).
+        example_inputs: positional inputs to compile with now (otherwise compilation happens on the first call).
+        compile_kwargs: keyword arguments for ``torch.compile`` (e.g. ``{"mode": "max-autotune"}``).
+    """
+    return _optimize(
+        model,
+        fast_norm=fast_norm,
+        fused_upsample=fused_upsample,
+        pointwise_heads=pointwise_heads,
+        channels_last=channels_last,
+        compile=compile,
+        example_inputs=example_inputs,
+        compile_kwargs=compile_kwargs,
+    )
+
+
+def optimize_for_training(
+    model: nn.Module,
+    *,
+    fast_norm: bool = True,
+    fused_upsample: bool = True,
+    pointwise_heads: bool = True,
+    grad_checkpointing: bool = False,
+    compile: bool = False,
+    compile_kwargs: dict[str, Any] | None = None,
+) -> nn.Module:
+    """Rewrite ``model`` in place for faster fine-tuning (same outputs and gradients) and return it.
+
+    Args:
+        model: a UniSeg network.
+        fast_norm, fused_upsample, pointwise_heads, compile, compile_kwargs: as :func:`optimize_for_inference`.
+        grad_checkpointing: activation checkpointing in encoder and decoder (:func:`set_grad_checkpointing`):
+            much lower peak memory for one extra forward per step.
+    """
+    _optimize(
+        model,
+        fast_norm=fast_norm,
+        fused_upsample=fused_upsample,
+        pointwise_heads=pointwise_heads,
+        channels_last=False,
+        compile=False,
+        example_inputs=None,
+        compile_kwargs=None,
+    )
+    if grad_checkpointing:
+        set_grad_checkpointing(model, True)
+    if compile:
+        try_compile(model, None, **(compile_kwargs or {}))
+    return model
