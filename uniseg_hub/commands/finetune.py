@@ -2,6 +2,9 @@
 
 Data come from an nnU-Net raw folder (``imagesTr/``, ``labelsTr/``, ``dataset.json``) or, with ``--benchmark``,
 from a BTCV / VS folder with its official split; they are planned and preprocessed by :mod:`uniseg_hub.data`.
+
+Under ``torchrun --nproc_per_node=N -m uniseg_hub finetune ...`` every process runs this command and joins one
+data-parallel run (``--batch-size`` per process; see ``docs/distributed.md``); rank 0 alone logs and writes.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -30,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None, metavar="train.json", help="TrainConfig fields as JSON (defaults: official recipe)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--iterations", type=int, default=None, help="iterations per epoch")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="patches per iteration (per process under torchrun)")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--layer-decay", type=float, default=None, help="layer-wise lr decay factor, e.g. 0.75")
     p.add_argument("--patch-size", default=None, metavar="D,H,W", help="training patch (default: the upstream patch)")
@@ -85,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
     from ..adapters import freeze_encoder, from_upstream
     from ..training import TrainConfig, finetune
 
+    main_process = int(os.environ.get("RANK", "0")) == 0  # torchrun: only rank 0 logs and writes
+    if not main_process:
+        logging.getLogger("uniseg_hub").setLevel(logging.WARNING)
     overrides = dict(epochs=args.epochs, iterations_per_epoch=args.iterations, batch_size=args.batch_size, lr=args.lr,
                      layer_decay=args.layer_decay, device=args.device, seed=args.seed, output_dir=str(args.output_dir),
                      patch_size=_parse_patch(args.patch_size))
@@ -103,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
     model.load_report.log(logger)
     names = [labels.get(c, str(c)) for c in range(1, num_classes)]
     result = finetune(model, train, val, config, resume=args.resume, class_names=names)
+    if not main_process:
+        return 0
     out = Path(args.output_dir)
     summary = {k: v for k, v in result.to_dict().items() if k != "history"}
     summary.update(strategy=args.strategy, weights=str(args.weights), epochs=len(result.history),

@@ -1,10 +1,12 @@
 """Fine-tuning engine: the official UniSeg downstream recipe with exact resume.
 
-:class:`TrainConfig` holds the recipe, :func:`finetune` runs it, :func:`evaluate` scores whole volumes.
+:class:`TrainConfig` holds the recipe, :func:`finetune` runs it (alone or under ``torchrun``, see
+:mod:`.distributed`), :func:`evaluate` scores whole volumes.
 """
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .distributed import DistributedContext, GlobalBatchDiceCELoss, init_distributed
 from .engine import TrainResult, evaluate, finetune, predict_volume
 from .losses import DeepSupervisionLoss, deep_supervision_weights
 from .metrics import segmentation_metrics
@@ -22,4 +24,7 @@ __all__ = [
     "PatchSampler",
     "save_checkpoint",
     "load_checkpoint",
+    "init_distributed",
+    "DistributedContext",
+    "GlobalBatchDiceCELoss",
 ]

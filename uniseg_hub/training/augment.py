@@ -55,18 +55,25 @@ def build_augmentation(config: TrainConfig) -> Compose | None:
     return Compose(transforms) if transforms else None
 
 
-def augment_batch(pipeline: Compose | None, images: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def augment_batch(pipeline: Compose | None, images: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
+                  *, global_batch: int | None = None, part: slice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment a batch sample by sample; ``images`` ``(B, C, *patch)``, ``labels`` ``(B, *patch)`` → tensors.
 
     The pipeline is reseeded from ``rng`` before each sample (one draw per sample, whether or not it is used),
-    so the result depends only on ``rng``'s state.
+    so the result depends only on ``rng``'s state. In a data-parallel run the batch is the slice ``part`` of a
+    global batch of ``global_batch`` samples: a seed is drawn for every global sample and this slice's are used.
     """
     x, y = torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(np.ascontiguousarray(labels))
     if pipeline is None:
         return x, y
+    seeds = [int(rng.integers(2**31 - 1)) for _ in range(global_batch or len(x))]
+    if part is not None:
+        seeds = seeds[part]
+    if len(seeds) != len(x):
+        raise ValueError(f"part {part} of a global batch of {global_batch} holds {len(seeds)} samples, got {len(x)}")
     out_x, out_y = [], []
-    for img, lab in zip(x, y):
-        pipeline.set_random_state(seed=int(rng.integers(2**31 - 1)))
+    for img, lab, seed in zip(x, y, seeds):
+        pipeline.set_random_state(seed=seed)
         d = pipeline({"image": img, "label": lab[None].float()})
         out_x.append(torch.as_tensor(d["image"]).as_subclass(torch.Tensor).float())
         out_y.append(torch.as_tensor(d["label"]).as_subclass(torch.Tensor)[0].round().long())

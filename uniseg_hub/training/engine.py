@@ -32,6 +32,7 @@ from ..model import UniSeg
 from .augment import augment_batch, build_augmentation
 from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .config import TrainConfig
+from .distributed import DistributedContext, group_context, init_distributed
 from .losses import DeepSupervisionLoss
 from .metrics import nanmean, segmentation_metrics
 from .plots import plot_curves
@@ -156,6 +157,7 @@ def evaluate(
     amp: bool = False,
     hd95: bool = True,
     loss_fn: nn.Module | None = None,
+    distributed: bool = False,
 ) -> dict[str, Any]:
     """Segment whole volumes by sliding windows and score them: per-class Dice and HD95 (mm).
 
@@ -163,44 +165,56 @@ def evaluate(
         cases: labelled cases; a case's own ``task_id`` wins over ``task_id`` (UniSeg models only).
         class_names: foreground class names (default: the task's labels, else ``"1"``, ``"2"``, ...); when the
             cases span several tasks, keys are ``"<task name or id>/<class>"``.
-        loss_fn: when given, also the mean loss of the whole-volume logits (``val_loss``).
+        loss_fn: when given, also the mean loss of the whole-volume logits (``val_loss``; per case ``"loss"``).
+        distributed: every rank of the initialised process group calls this with the same cases; rank ``r``
+            scores ``cases[r::world_size]`` and all ranks return the result of all cases (as one process would).
 
     Returns:
         ``{"dice": {class: mean over cases}, "hd95": {...}, "mean_dice", "mean_hd95", "loss", "per_case": [...]}``.
     """
     device = _resolve_device(device)
+    ctx = group_context(device) if distributed else DistributedContext(device=device)
     was_training, ds = model.training, getattr(model, "deep_supervision", False)
     model.eval()
     if ds:
         model.set_deep_supervision(False)
     tasks = {c.task_id if c.task_id is not None else task_id for c in cases}
-    per_case, dice_acc, hd_acc, losses = [], {}, {}, []
+    per_case = []
     try:
-        for case in cases:
+        for case in list(cases)[ctx.rank::ctx.world_size]:
             if case.label is None:
                 raise ValueError(f"case {case.name!r} has no label to evaluate against")
             task = case.task_id if case.task_id is not None else task_id
             k = _task_classes(model, task)
             probs = predict_volume(model, case.image, task_id=task, roi_size=roi_size, overlap=overlap, mirror=mirror,
                                    sw_batch_size=sw_batch_size, device=device, amp=amp)
+            row: dict[str, Any] = {"name": case.name, "task_id": task}
             if loss_fn is not None:  # log-probabilities are logits whose softmax is the prediction
-                losses.append(float(loss_fn(probs.clamp_min(1e-8).log()[None], torch.as_tensor(case.label).long()[None])))
+                row["loss"] = float(loss_fn(probs.clamp_min(1e-8).log()[None], torch.as_tensor(case.label).long()[None]))
             pred = probs[:k].argmax(0).numpy()
             m = segmentation_metrics(pred, case.label, k, spacing=case.spacing, hd95=hd95)
             names = _class_names(model, task, k, class_names)
             if len(tasks) > 1:
                 tname = model.config.tasks[task].name if isinstance(model, UniSeg) and len(model.config.tasks) > task else str(task)
                 names = [f"{tname}/{n}" for n in names]
-            row = {"name": case.name, "task_id": task}
             for c, n in enumerate(names, start=1):
                 row[f"dice/{n}"], row[f"hd95/{n}"] = m["dice"][c], m["hd95"][c]
-                dice_acc.setdefault(n, []).append(m["dice"][c])
-                hd_acc.setdefault(n, []).append(m["hd95"][c])
             per_case.append(row)
     finally:
         if ds:
             model.set_deep_supervision(True)
         model.train(was_training)
+    if ctx.enabled:  # back to the order of ``cases``: case i was scored by rank i % world_size
+        shards = ctx.gather(per_case)
+        per_case = [shards[i % ctx.world_size][i // ctx.world_size] for i in range(len(cases))]
+    dice_acc, hd_acc = {}, {}
+    for row in per_case:
+        for key, value in row.items():
+            if key.startswith("dice/"):
+                dice_acc.setdefault(key[5:], []).append(value)
+            elif key.startswith("hd95/"):
+                hd_acc.setdefault(key[5:], []).append(value)
+    losses = [row["loss"] for row in per_case if "loss" in row]
     dice = {n: nanmean(v) for n, v in dice_acc.items()}
     hd = {n: nanmean(v) for n, v in hd_acc.items()}
     return dict(dice=dice, hd95=hd, mean_dice=nanmean(dice.values()), mean_hd95=nanmean(hd.values()),
@@ -254,13 +268,38 @@ def finetune(
             and random states; the result equals an uninterrupted run).
         task_id: task of cases whose ``task_id`` is ``None`` (UniSeg only; default ``model.new_task_id``).
         class_names: foreground class names for the metrics.
-        on_epoch_end: called with each epoch's history record after its checkpoint is written.
+        on_epoch_end: called with each epoch's history record after its checkpoint is written (on every rank).
+
+    Distributed (``torchrun --nproc_per_node=N``, see :mod:`uniseg_hub.training.distributed`): every process
+    calls ``finetune`` with the same arguments; ``config.batch_size`` is per process (global batch ``N`` x
+    ``batch_size``) and the run equals one process with the global batch. Rank 0 alone logs and writes
+    checkpoints and log files; validation cases are shared out among the ranks; every rank returns the same result.
 
     Returns:
         :class:`TrainResult`.
     """
     config = config or TrainConfig()
-    device = _resolve_device(config.device)
+    ctx = init_distributed(config.device)
+    try:
+        return _finetune(model, train_cases, val_cases, config, ctx, resume=resume, task_id=task_id,
+                         class_names=class_names, on_epoch_end=on_epoch_end)
+    finally:
+        ctx.close()
+
+
+def _finetune(
+    model: nn.Module,
+    train_cases: Sequence[Case],
+    val_cases: Sequence[Case] | None,
+    config: TrainConfig,
+    ctx: DistributedContext,
+    *,
+    resume: bool,
+    task_id: int | None,
+    class_names: Sequence[str] | None,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None,
+) -> TrainResult:
+    device = ctx.device
     prompted = isinstance(model, UniSeg)
     patch = list(config.patch_size or model.config.patch_size)
     if prompted and patch != list(model.config.patch_size):
@@ -275,7 +314,7 @@ def finetune(
     out = Path(config.output_dir) if config.output_dir else None
     if resume and out is None:
         raise ValueError("resume=True needs config.output_dir (where checkpoint_latest.pt is)")
-    if out is not None:
+    if out is not None and ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
 
     model.to(device)
@@ -290,7 +329,8 @@ def finetune(
         optimizer, lambda e: max(0.0, 1.0 - e / config.epochs) ** config.poly_exponent)
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
-    loss_fn = DeepSupervisionLoss(config.dice_weight, config.ce_weight, config.batch_dice)
+    loss_fn = DeepSupervisionLoss(config.dice_weight, config.ce_weight, config.batch_dice, global_batch=ctx.enabled)
+    val_loss_fn = DeepSupervisionLoss(config.dice_weight, config.ce_weight, config.batch_dice)  # one case at a time
     trainable = [p for p in model.parameters() if p.requires_grad]
     history: list[dict[str, Any]] = []
     start_epoch, best, wall_before = 0, -math.inf, 0.0
@@ -304,9 +344,19 @@ def finetune(
         history, start_epoch = list(ckpt["history"]), int(ckpt["epoch"])
         best, wall_before = float(ckpt["best"]), float(ckpt.get("wall_time_s", 0.0))
         changed = {k: (v, config.to_dict().get(k)) for k, v in ckpt.get("config", {}).items() if config.to_dict().get(k) != v}
-        if changed:
+        if changed and ctx.is_main:
             logger.warning("resuming with a changed config: %s", changed)
-        logger.info("resumed from %s after epoch %d", out / LATEST, start_epoch)
+        if int(ckpt.get("world_size", 1)) != ctx.world_size and ctx.is_main:
+            logger.warning("resuming on %d process(es) a run saved on %d: the global batch changes from %d to %d",
+                           ctx.world_size, int(ckpt.get("world_size", 1)), config.batch_size * int(ckpt.get("world_size", 1)),
+                           config.batch_size * ctx.world_size)
+        if ctx.is_main:
+            logger.info("resumed from %s after epoch %d", out / LATEST, start_epoch)
+    net = ctx.wrap(model)  # DDP broadcasts rank 0's weights, so every rank starts from the same model
+    part, global_batch = ctx.part(config.batch_size), config.batch_size * ctx.world_size
+    validate = dict(task_id=default_task, class_names=class_names, roi_size=patch, overlap=config.sw_overlap,
+                    mirror=config.mirror, sw_batch_size=config.sw_batch_size, device=device, amp=use_amp,
+                    distributed=ctx.enabled)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t_start = time.perf_counter()
@@ -317,18 +367,18 @@ def finetune(
         lr = optimizer.param_groups[-1]["lr"]
         losses = []
         bar = tqdm(range(config.iterations_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
-                   disable=not config.progress)
+                   disable=not (config.progress and ctx.is_main))
         for it in bar:
-            batch = sampler.sample(rng, config.batch_size)
-            x, y = augment_batch(pipeline, batch.images, batch.labels, rng)
+            batch = sampler.sample(rng, global_batch, part=part)
+            x, y = augment_batch(pipeline, batch.images, batch.labels, rng, global_batch=global_batch, part=part)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, enabled=use_amp):
                 if prompted:
                     tasks = torch.tensor([t if t is not None else default_task for t in batch.task_ids], device=device)
-                    outputs = model(x, tasks)
+                    outputs = net(x, tasks)
                 else:
-                    outputs = model(x)
+                    outputs = net(x)
             loss = loss_fn(outputs, y)
             if not torch.isfinite(loss) and not use_amp:
                 raise FloatingPointError(f"the loss became {float(loss)} at epoch {epoch + 1}, iteration {it}; lower the lr")
@@ -341,36 +391,35 @@ def finetune(
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         scheduler.step()
-        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": lr}
+        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": ctx.mean(float(np.mean(losses))), "lr": lr}
         if val_cases and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
-            last_val = evaluate(model, val_cases, task_id=default_task, class_names=class_names, roi_size=patch,
-                                overlap=config.sw_overlap, mirror=config.mirror, sw_batch_size=config.sw_batch_size,
-                                device=device, amp=use_amp, loss_fn=loss_fn)
+            last_val = evaluate(model, val_cases, loss_fn=val_loss_fn, **validate)
             record.update(val_loss=last_val["loss"], val_mean_dice=last_val["mean_dice"], val_mean_hd95=last_val["mean_hd95"])
             record.update({f"val_dice/{k}": v for k, v in last_val["dice"].items()})
             record.update({f"val_hd95/{k}": v for k, v in last_val["hd95"].items()})
         record["time_s"] = time.perf_counter() - t_epoch
         history.append(record)
-        logger.info("epoch %d/%d: train loss %.4f%s", epoch + 1, config.epochs, record["train_loss"],
-                    f", val mean Dice {record['val_mean_dice']:.4f}" if "val_mean_dice" in record else "")
+        if ctx.is_main:
+            logger.info("epoch %d/%d: train loss %.4f%s", epoch + 1, config.epochs, record["train_loss"],
+                        f", val mean Dice {record['val_mean_dice']:.4f}" if "val_mean_dice" in record else "")
         if out is not None:
             improved = record.get("val_mean_dice") is not None and record["val_mean_dice"] > best
             best = record["val_mean_dice"] if improved else best
+        if out is not None and ctx.is_main:
             payload = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                            scaler=scaler.state_dict(), epoch=epoch + 1, history=history, best=best, rng=rng_state(rng),
-                           config=config.to_dict(), model_config=model.config.to_dict(),
+                           config=config.to_dict(), model_config=model.config.to_dict(), world_size=ctx.world_size,
                            wall_time_s=wall_before + time.perf_counter() - t_start)
             save_checkpoint(out / LATEST, payload)
             if improved:
                 save_checkpoint(out / BEST, payload)
             _write_logs(out, history, config)
+        ctx.barrier()  # every rank passes an epoch only once its checkpoint is on disk
         if on_epoch_end is not None:
             on_epoch_end(record)
     wall = wall_before + time.perf_counter() - t_start
     if val_cases and last_val is None:  # e.g. resuming a finished run
-        last_val = evaluate(model, val_cases, task_id=default_task, class_names=class_names, roi_size=patch,
-                            overlap=config.sw_overlap, mirror=config.mirror, sw_batch_size=config.sw_batch_size,
-                            device=device, amp=use_amp)
+        last_val = evaluate(model, val_cases, **validate)
     model.set_deep_supervision(False)
     result = TrainResult(history=history, wall_time_s=wall, peak_memory_mb=_peak_memory_mb(device),
                          output_dir=str(out) if out else None)

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from torch import nn
 
+from .distributed import GlobalBatchDiceCELoss
+
 __all__ = ["deep_supervision_weights", "DeepSupervisionLoss"]
 
 
@@ -33,6 +35,9 @@ class DeepSupervisionLoss(nn.Module):
     Args:
         dice_weight, ce_weight: weights of the two terms (official: 1 and 1).
         batch_dice: Dice over the whole batch instead of per sample (nnU-Net ``batch_dice``).
+        global_batch: in a data-parallel run, form the batch Dice over the global batch (statistics summed
+            over ranks, :class:`~uniseg_hub.training.distributed.GlobalBatchDiceCELoss`); every rank must then
+            call the loss equally often. No effect without ``batch_dice`` or a process group.
 
     Shapes:
         ``outputs``: logits ``(B, K, D, H, W)`` or a deep-supervision list, finest first (coarser scales are
@@ -40,8 +45,12 @@ class DeepSupervisionLoss(nn.Module):
         every scale with nearest-neighbour interpolation.
     """
 
-    def __init__(self, dice_weight: float = 1.0, ce_weight: float = 1.0, batch_dice: bool = True) -> None:
+    def __init__(self, dice_weight: float = 1.0, ce_weight: float = 1.0, batch_dice: bool = True,
+                 global_batch: bool = False) -> None:
         super().__init__()
+        if global_batch and batch_dice:
+            self.loss = GlobalBatchDiceCELoss(lambda_dice=dice_weight, lambda_ce=ce_weight)
+            return
         self.loss = DiceCELoss(
             include_background=False, to_onehot_y=True, softmax=True, batch=batch_dice,
             smooth_nr=1e-5, smooth_dr=1e-5, lambda_dice=dice_weight, lambda_ce=ce_weight,

@@ -96,15 +96,20 @@ class PatchSampler:
             return [int(np.clip(v - p // 2, l, u)) for v, p, l, u in zip(voxel, self.patch_size, lb, ub)]
         return [int(rng.integers(l, u + 1)) for l, u in zip(lb, ub)]
 
-    def sample(self, rng: np.random.Generator, batch_size: int) -> PatchBatch:
-        """Draw one batch of ``batch_size`` patches."""
+    def sample(self, rng: np.random.Generator, batch_size: int, part: slice | None = None) -> PatchBatch:
+        """Draw one batch of ``batch_size`` patches.
+
+        ``part`` (a data-parallel rank's slice of the global batch) crops only those samples, but every random
+        choice of the whole batch is drawn, so ``rng`` advances as in a single process.
+        """
         first = int(rng.integers(len(self.cases)))
         pool = self.by_channels[self.cases[first].image.shape[0]]
         indices = [first] + [pool[int(rng.integers(len(pool)))] for _ in range(batch_size - 1)]
+        lowers = [self._lower_corner(rng, i, bool(rng.random() < self.oversample_foreground)) for i in indices]
+        if part is not None:
+            indices, lowers = indices[part], lowers[part]
         images, labels = [], []
-        for i in indices:
-            force_fg = bool(rng.random() < self.oversample_foreground)
-            lower = self._lower_corner(rng, i, force_fg)
+        for i, lower in zip(indices, lowers):
             images.append(crop_with_padding(self.cases[i].image, lower, self.patch_size).astype(np.float32, copy=False))
             labels.append(crop_with_padding(self.cases[i].label, lower, self.patch_size).astype(np.int64, copy=False))
         return PatchBatch(
