@@ -54,10 +54,10 @@ DISCLAIMER = ("uniseg-demo is a DEMONSTRATION model trained on three template br
 class DemoBudget:
     """Training budget shared by both runs: ``epochs`` x ``iterations`` of ``batch_size`` patches."""
 
-    epochs: int = 16
-    iterations: int = 25
+    epochs: int = 40
+    iterations: int = 30
     batch_size: int = 2
-    val_every: int = 4
+    val_every: int = 10
 
 
 def demo_train_config(budget: DemoBudget, output_dir: str | Path | None, seed: int = 0) -> TrainConfig:

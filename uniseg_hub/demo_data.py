@@ -40,7 +40,7 @@ from monai.transforms import Spacing
 
 from .config import PreprocessingConfig, TaskSpec, UniSegConfig
 from .data.case import Case
-from .data.planning import normalize_channel
+from .preprocessing import crop_to_nonzero
 from .data.preprocess import read_nifti
 
 __all__ = [
@@ -237,7 +237,11 @@ def task_volumes(task: str, spacing: float = DEMO_SPACING, mricron: Path | None 
             aal, _ = load_volume(d / "aal.nii.gz", spacing, label=True)
             groups = AAL_LOBES if task == "lobes" else AAL_DEEP_GREY
             lab = aal_group_map(aal_names(d / "aal.nii.txt"), groups)[np.clip(aal, 0, None)]
-    image = normalize_channel(img, "MR")[None]
+    # z-score with the statistics of the nonzero bounding box, as the predictor does (it crops to nonzero first,
+    # like nnU-Net v1), so the demo model sees the same intensities in training and in `uniseg-hub predict`
+    _, bbox = crop_to_nonzero(img[None])
+    inside = img[tuple(slice(a, b) for a, b in bbox)].astype(np.float64)
+    image = ((img - inside.mean()) / (inside.std() + 1e-8)).astype(np.float32)[None]
     return image, lab, aff
 
 
