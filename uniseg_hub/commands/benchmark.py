@@ -17,6 +17,8 @@ import platform
 from pathlib import Path
 from typing import Any, Sequence
 
+from .finetune import parse_patch
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["register", "run", "run_benchmark", "format_markdown"]
@@ -47,18 +49,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     p.set_defaults(func=run)
-
-
-def _parse_patch(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        patch = [int(v) for v in text.split(",")]
-    except ValueError:
-        patch = []
-    if len(patch) != 3:
-        raise ValueError(f"--patch-size must be three integers D,H,W, got {text!r}")
-    return patch
 
 
 def _fresh_copy(model):
@@ -184,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training import TrainConfig
 
     overrides = dict(epochs=args.epochs, iterations_per_epoch=args.iterations, batch_size=args.batch_size,
-                     device=args.device, seed=args.seed, patch_size=_parse_patch(args.patch_size))
+                     device=args.device, seed=args.seed, patch_size=parse_patch(args.patch_size))
     if args.no_progress:
         overrides["progress"] = False
     if args.config:

@@ -49,7 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _parse_patch(text: str | None) -> list[int] | None:
+def parse_patch(text: str | None) -> list[int] | None:
+    """``--patch-size D,H,W`` → ``[D, H, W]`` (``None`` stays ``None``); a clear error otherwise."""
     if text is None:
         return None
     try:
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("uniseg_hub").setLevel(logging.WARNING)
     overrides = dict(epochs=args.epochs, iterations_per_epoch=args.iterations, batch_size=args.batch_size, lr=args.lr,
                      layer_decay=args.layer_decay, device=args.device, seed=args.seed, output_dir=str(args.output_dir),
-                     patch_size=_parse_patch(args.patch_size))
+                     patch_size=parse_patch(args.patch_size))
     if args.no_progress:
         overrides["progress"] = False
     if args.config:
