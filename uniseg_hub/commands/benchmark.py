@@ -17,7 +17,7 @@ import platform
 from pathlib import Path
 from typing import Any, Sequence
 
-from .finetune import parse_patch
+from .finetune import train_config_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -171,16 +171,7 @@ def format_markdown(result: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training import TrainConfig
-
-    overrides = dict(epochs=args.epochs, iterations_per_epoch=args.iterations, batch_size=args.batch_size,
-                     device=args.device, seed=args.seed, patch_size=parse_patch(args.patch_size))
-    if args.no_progress:
-        overrides["progress"] = False
-    if args.config:
-        config = TrainConfig.from_file(args.config, **overrides)
-    else:
-        config = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+    config = train_config_from_args(args)
     out = Path(args.output_dir or f"benchmark_{args.dataset}_{args.strategy}")
     result = run_benchmark(args.dataset, args.data, args.weights, strategy=args.strategy, from_scratch=args.from_scratch,
                            train_config=config, output_dir=out, max_train=args.max_train, max_val=args.max_val)

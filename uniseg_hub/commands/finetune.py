@@ -62,6 +62,20 @@ def parse_patch(text: str | None) -> list[int] | None:
     return patch
 
 
+def train_config_from_args(args: argparse.Namespace, **extra):
+    """The :class:`~uniseg_hub.training.TrainConfig` of the command line: ``--config`` file (or defaults) with the
+    budget options (and ``extra``) that were given on top; options left unset keep the file's/default values."""
+    from ..training import TrainConfig
+
+    overrides = dict(epochs=args.epochs, iterations_per_epoch=args.iterations, batch_size=args.batch_size,
+                     device=args.device, seed=args.seed, patch_size=parse_patch(args.patch_size), **extra)
+    if args.no_progress:
+        overrides["progress"] = False
+    if args.config:
+        return TrainConfig.from_file(args.config, **overrides)
+    return TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+
+
 def load_training_data(args: argparse.Namespace):
     """``(train cases, val cases, {label: name}, in_channels, modalities)`` for the command line's data options."""
     from ..data import load_cases, load_downstream, nnunet_raw_cases, plan_dataset, read_dataset_json
@@ -88,20 +102,12 @@ def load_training_data(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from ..adapters import freeze_encoder, from_upstream
-    from ..training import TrainConfig, finetune
+    from ..training import finetune
 
     main_process = int(os.environ.get("RANK", "0")) == 0  # torchrun: only rank 0 logs and writes
     if not main_process:
         logging.getLogger("uniseg_hub").setLevel(logging.WARNING)
-    overrides = dict(epochs=args.epochs, iterations_per_epoch=args.iterations, batch_size=args.batch_size, lr=args.lr,
-                     layer_decay=args.layer_decay, device=args.device, seed=args.seed, output_dir=str(args.output_dir),
-                     patch_size=parse_patch(args.patch_size))
-    if args.no_progress:
-        overrides["progress"] = False
-    if args.config:
-        config = TrainConfig.from_file(args.config, **overrides)
-    else:
-        config = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+    config = train_config_from_args(args, lr=args.lr, layer_decay=args.layer_decay, output_dir=str(args.output_dir))
     train, val, labels, in_channels, modalities = load_training_data(args)
     num_classes = max(labels) + 1
     model = from_upstream(args.weights, num_classes=num_classes, in_channels=in_channels, strategy=args.strategy,
