@@ -6,12 +6,15 @@ Measured in one run, interleaved (each repeat times every variant once, so load 
 * ``fast``      — :func:`uniseg_hub.perf.optimize_for_inference` defaults (group-norm instance norm, fused
   upsample+concat, pointwise heads);
 * ``fast_cl``   — ``fast`` + ``channels_last_3d`` (``--variants`` to include);
-* ``compile``   — ``fast`` + ``torch.compile`` (opt-in, ``--variants``; compile time reported separately);
+* ``compile``   — ``fast`` + :func:`uniseg_hub.perf.try_compile` (one graph, inductor freezing: oneDNN convs
+  with pre-packed weights in channels-last layout, fused norm+activation; compile time reported separately);
 * ``amp_fp16`` / ``amp_bf16`` — ``fast`` under ``torch.autocast`` (default on CUDA; on CPU via ``--variants``);
 * ``dynunet``   — MONAI ``DynUNet`` with the same kernels, strides and filters (baseline b).
 
-Achieved GFLOP/s use :mod:`torch.utils.flop_counter` FLOPs and are compared with a lone 64-channel 3x3x3
-``conv3d`` measured in the same run (before and after the variants; the faster is the ceiling).
+Achieved GFLOP/s use :mod:`torch.utils.flop_counter` FLOPs (of the eager network for every UniSeg variant) and
+are compared with a lone 64-channel 3x3x3 ``conv3d`` measured in the same run, before and after the variants
+(the faster is the ceiling): ``pct_of_conv3d_ceiling`` against that conv in the default contiguous layout (the
+issue's definition), ``pct_of_best_layout_ceiling`` against the faster of contiguous and ``channels_last_3d``.
 
 Usage::
 
@@ -52,7 +55,7 @@ from uniseg_hub.perf import optimize_for_inference  # noqa: E402
 
 log = logging.getLogger("benchmarks.forward")
 
-CPU_VARIANTS = ["eager", "fast", "dynunet"]
+CPU_VARIANTS = ["eager", "fast", "compile", "dynunet"]
 CUDA_VARIANTS = ["eager", "fast", "amp_fp16", "amp_bf16", "dynunet"]
 ALL_VARIANTS = ["eager", "fast", "fast_cl", "compile", "amp_fp16", "amp_bf16", "dynunet"]
 
@@ -129,6 +132,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     def ceiling() -> dict[str, Any]:
         c = conv3d_ceiling(64, args.ceiling_spatial, repeats=args.repeats, warmup=1, device=device)
+        c["channels_last_3d"] = conv3d_ceiling(
+            64, args.ceiling_spatial, repeats=args.repeats, warmup=1, device=device, channels_last=True
+        )
         if ceiling_dtype is not None:
             c["autocast_fp16"] = conv3d_ceiling(64, args.ceiling_spatial, repeats=args.repeats, warmup=1, device=device, autocast_dtype=ceiling_dtype)
         return c
@@ -143,7 +149,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for name in variants:
                 model, call, info = make_variant(name, eager, (x, 0), device)
                 built[name] = (model, call, info)
-            flops = {name: count_flops(lambda: call(x))[0] for name, (_, call, _) in built.items()}
+            network_flops = count_flops(lambda: eager(x, 0))[0]  # compiled code cannot be counted; same network
+            flops = {name: count_flops(lambda: call(x))[0] if name == "dynunet" else network_flops
+                     for name, (_, call, _) in built.items()}
             for name, (_, call, _) in built.items():  # warm-up
                 for _ in range(args.warmup):
                     call(x)
@@ -176,14 +184,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         record["ceiling"].append(ceiling())
 
     top = max(c["gflops_per_s"] for c in record["ceiling"])
+    best = max(top, *(c["channels_last_3d"]["gflops_per_s"] for c in record["ceiling"]))
     for row in rows:
         base = next(r for r in rows if r["batch"] == row["batch"] and r["variant"] == variants[0])
         row["speedup_vs_" + variants[0]] = base["median_s"] / row["median_s"]
         dyn = next((r for r in rows if r["batch"] == row["batch"] and r["variant"] == "dynunet"), None)
         row["speedup_vs_dynunet"] = dyn["median_s"] / row["median_s"] if dyn else None
         row["pct_of_conv3d_ceiling"] = 100.0 * row["gflops_per_s"] / top
+        row["pct_of_best_layout_ceiling"] = 100.0 * row["gflops_per_s"] / best
     record["results"] = rows
     record["ceiling_gflops_per_s"] = top
+    record["ceiling_best_layout_gflops_per_s"] = best
     record["env"]["loadavg_end"] = env_info(device)["loadavg"]
     return record
 
@@ -202,16 +213,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     record = run(args)
     cols = ["batch", "variant", "median_s", "min_s", "per_sample_s", f"speedup_vs_{record['results'][0]['variant']}",
-            "speedup_vs_dynunet", "gflops_per_s", "pct_of_conv3d_ceiling", "max_abs_diff"]
+            "speedup_vs_dynunet", "gflops_per_s", "pct_of_conv3d_ceiling", "pct_of_best_layout_ceiling", "max_abs_diff"]
     if any("compile_s" in r for r in record["results"]):
         cols.append("compile_s")
     ceil = ", ".join(f"{c['gflops_per_s']:.1f}" for c in record["ceiling"])
+    ceil_cl = ", ".join(f"{c['channels_last_3d']['gflops_per_s']:.1f}" for c in record["ceiling"])
     print_table(
         record["results"],
         cols,
         title=f"UniSeg forward, patch {args.patch}, base {args.base}, {args.device}, threads "
         f"{record['env']['torch_threads']}, load {record['env']['loadavg']} -> {record['env']['loadavg_end']}\n"
-        f"conv3d ceiling (64ch 3x3x3 {args.ceiling_spatial}) GFLOP/s before, after: {ceil}",
+        f"conv3d ceiling (64ch 3x3x3 {args.ceiling_spatial}) GFLOP/s before, after: contiguous {ceil}; "
+        f"channels_last_3d {ceil_cl}",
     )
     write_json(args.json, record)
     return 0

@@ -177,8 +177,10 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     if opts.get("channels_last"):
         net = net.to(memory_format=torch.channels_last_3d)
         run_net = net
-    if opts.get("compile"):
-        run_net = torch.compile(net, dynamic=False)
+    if opts.get("compile"):  # as UniSegPredictor(compile=True): one graph, inductor freezing, eager fallback
+        from uniseg_hub.perf import try_compile
+
+        try_compile(net, freeze=True, dynamic=False)
 
     def sync():
         if device.type == "cuda":
@@ -188,9 +190,11 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     warm = torch.zeros((max(1, opts.get("sw_batch_size", 1)), 1, *spec["patch"]), device=device)
     if opts.get("channels_last"):
         warm = warm.contiguous(memory_format=torch.channels_last_3d)
+    t_warm = time.perf_counter()
     with torch.inference_mode(), _autocast_ctx(device, opts.get("amp")):
         run_net(warm, torch.zeros(warm.shape[0], dtype=torch.long, device=device))
     sync()
+    t_warm = time.perf_counter() - t_warm
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -205,7 +209,8 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         sync()
         probs = out.cpu().numpy()
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-    result = {"seconds": seconds, "cpu_s": cpu, "peak_rss_gib": peak_rss_gib(), "loadavg": list(os.getloadavg())}
+    result = {"seconds": seconds, "cpu_s": cpu, "warmup_s": t_warm, "peak_rss_gib": peak_rss_gib(),
+              "loadavg": list(os.getloadavg())}
     if device.type == "cuda":
         result["cuda_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     if spec.get("save"):
@@ -236,7 +241,7 @@ def _methods(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
     if args.channels_last:
         methods.append(("ours channels_last", {"sw_batch_size": 1, "channels_last": True}))
     if args.compile:
-        methods.append(("ours compile", {"sw_batch_size": 1, "compile": True}))
+        methods.append(("ours optimize+compile", {"sw_batch_size": 1, "optimize": True, "compile": True}))
     if args.amp:
         methods.append((f"ours optimize {args.amp} sw_batch={args.sw_batch_size}",
                         {"sw_batch_size": args.sw_batch_size, "amp": args.amp, "optimize": not args.no_optimize}))
@@ -273,10 +278,11 @@ def compare(args, tmp: Path, title: str, settings: list[dict[str, Any]], methods
             "cpu_ratio": median([x["cpu_s"] for x in runs[(si, 0)]]) / median([x["cpu_s"] for x in res]),
             "max_abs_diff": float(np.abs(out.astype(np.float64) - ref).max()),
             "peak_rss_gib": max(x["peak_rss_gib"] for x in res),
+            "warmup_s": median([x["warmup_s"] for x in res]),
             **({"cuda_peak_gib": max(x["cuda_peak_gib"] for x in res)} if "cuda_peak_gib" in res[0] else {}),
             "loadavg_1m": [x["loadavg"][0] for x in res],
         })
-    cols = ["setting", "method", "forwards", "median_s", "ratio_vs_naive", "cpu_s", "cpu_ratio", "max_abs_diff", "peak_rss_gib"]
+    cols = ["setting", "method", "forwards", "median_s", "ratio_vs_naive", "cpu_s", "cpu_ratio", "max_abs_diff", "peak_rss_gib", "warmup_s"]
     print_table(rows, cols + (["cuda_peak_gib"] if "cuda_peak_gib" in rows[0] else []), title=f"\n## {title}")
     return rows
 
@@ -390,7 +396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--sw-batch-size", type=int, default=2, help="windows x flips per forward for the batched candidate (1: no batched row)")
     p.add_argument("--no-optimize", action="store_true", help="skip the uniseg_hub.perf.optimize_for_inference row")
     p.add_argument("--channels-last", action="store_true", help="also time channels-last 3D")
-    p.add_argument("--compile", action="store_true", help="also time torch.compile (compile time excluded)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time optimize + torch.compile (compile time excluded from the time, reported as warmup_s)")
     p.add_argument("--amp", choices=["bf16", "fp16"], help="also time CUDA autocast at --sw-batch-size")
     p.add_argument("--scaling", type=float, nargs="+", default=[1, 2, 4], help="voxel-count factors of --volume")
     p.add_argument("--scan", help="real scan for the fast-mode table (default nilearn's MNI152 T1)")

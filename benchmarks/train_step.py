@@ -6,8 +6,9 @@ Nesterov), as the official trainer. Each configuration runs in its own child pro
 the child's own ``ru_maxrss`` (CPU) or ``torch.cuda.max_memory_allocated`` (CUDA), unaffected by the others.
 
 Configurations (``--variants``): ``eager`` (the plain network, baseline), ``fast``
-(:func:`uniseg_hub.perf.optimize_for_training`), ``eager_ckpt`` / ``fast_ckpt`` (+ activation checkpointing in
-encoder and decoder via :func:`uniseg_hub.perf.set_grad_checkpointing`), ``amp_bf16`` / ``amp_fp16``
+(:func:`uniseg_hub.perf.optimize_for_training`), ``<eager|fast>_ckpt[_block][_l<N>]`` (+ activation checkpointing
+in encoder and decoder via :func:`uniseg_hub.perf.set_grad_checkpointing`: per stage, or per block with
+``_block``; only the ``N`` finest resolution levels with ``_l<N>``), ``amp_bf16`` / ``amp_fp16``
 (``fast`` under ``torch.autocast``, default on CUDA; fp16 with a ``GradScaler``). Every configuration starts from the same weights,
 input and labels; the max abs difference of the first step's logits and gradients to the baseline is reported.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import tempfile
 import time
@@ -37,9 +39,18 @@ from common import add_common_args, env_info, median, peak_rss_gib, print_table,
 
 log = logging.getLogger("benchmarks.train_step")
 
-CPU_VARIANTS = ["eager", "fast", "eager_ckpt", "fast_ckpt"]
-CUDA_VARIANTS = ["eager", "fast", "fast_ckpt", "amp_bf16", "amp_fp16"]
-ALL_VARIANTS = ["eager", "fast", "eager_ckpt", "fast_ckpt", "amp_bf16", "amp_fp16"]
+CPU_VARIANTS = ["eager", "fast", "fast_ckpt", "fast_ckpt_block", "fast_ckpt_block_l2"]
+CUDA_VARIANTS = ["eager", "fast", "fast_ckpt_block_l2", "amp_bf16", "amp_fp16"]
+#: ``<eager|fast>[_ckpt[_block][_l<levels>]]``: checkpointing granularity "stage" (default) or "block", and the
+#: number of finest resolution levels checkpointed (default all); ``amp_*`` are ``fast`` under autocast.
+VARIANT_RE = re.compile(r"(?P<base>eager|fast)(?P<ckpt>_ckpt(?P<block>_block)?(?:_l(?P<levels>[1-9]))?)?|amp_bf16|amp_fp16")
+
+
+def variant_name(text: str) -> str:
+    """argparse type: a valid variant name."""
+    if not VARIANT_RE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"unknown variant {text!r}: use <eager|fast>[_ckpt[_block][_l<N>]], amp_bf16 or amp_fp16")
+    return text
 
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
@@ -54,10 +65,12 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     cfg = UniSegConfig.uniseg_11task(patch_size=args.patch, base_num_features=args.base, deep_supervision=True)
     model = UniSeg(cfg).to(device).train()
-    if variant != "eager" and variant != "eager_ckpt":
+    m = VARIANT_RE.fullmatch(variant)
+    if m["base"] != "eager":
         optimize_for_training(model)
-    if variant.endswith("_ckpt"):
-        set_grad_checkpointing(model, True)
+    if m["ckpt"]:
+        levels = int(m["levels"]) if m["levels"] else None
+        set_grad_checkpointing(model, True, granularity="block" if m["block"] else "stage", levels=levels)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(args.batch, 1, *cfg.patch_size, generator=gen).to(device)
     y = torch.randint(0, cfg.num_classes, (args.batch, *cfg.patch_size), generator=gen).to(device)
@@ -123,9 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patch", type=int, nargs=3, default=[64, 192, 192], metavar=("D", "H", "W"))
     parser.add_argument("--base", type=int, default=32, help="base_num_features (32 = the official network)")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--variants", nargs="+", choices=ALL_VARIANTS, default=None,
+    parser.add_argument("--variants", nargs="+", type=variant_name, default=None,
                         help=f"default: {CPU_VARIANTS} on CPU, {CUDA_VARIANTS} on CUDA; the first is the baseline")
-    parser.add_argument("--child", choices=ALL_VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--child", type=variant_name, help=argparse.SUPPRESS)
     parser.add_argument("--dump", default=None, help=argparse.SUPPRESS)
     add_common_args(parser, repeats=2, warmup=1)
     args = parser.parse_args(argv)
@@ -152,8 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     for rec in record["results"]:
         rec["speedup_vs_" + base["variant"]] = base["median_s"] / rec["median_s"]
         rec["memory_vs_" + base["variant"]] = rec[mem_key] / base[mem_key]
-        if rec["variant"].endswith("_ckpt"):
-            plain = next((r for r in record["results"] if r["variant"] == rec["variant"][:-5]), None)
+        m = VARIANT_RE.fullmatch(rec["variant"])
+        if m["ckpt"]:
+            plain = next((r for r in record["results"] if r["variant"] == m["base"]), None)
             if plain is not None:
                 rec["ckpt_time_cost_pct"] = 100.0 * (rec["median_s"] / plain["median_s"] - 1)
                 rec["ckpt_memory_cut_pct"] = 100.0 * (1 - rec[mem_key] / plain[mem_key])

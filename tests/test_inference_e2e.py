@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -97,6 +98,24 @@ def test_mni152_cli_nifti_and_preview(tmp_path, monkeypatch):
     assert img.std() > 20 and len(np.unique(img.reshape(-1, 3), axis=0)) > 50  # a real picture, not blank
 
 
+_HAS_CXX = any(shutil.which(c) for c in ("c++", "g++", "clang++"))
+
+
+@pytest.mark.parametrize("speed", [["--optimize"], ["--compile"]], ids=["optimize", "compile"])
+def test_cli_speed_options_write_the_official_segmentation(speed, tmp_path):
+    """``--optimize`` / ``--compile`` (one graph, inductor freezing) change speed, not the result: the written
+    file still equals the official nnUNet_predict output voxel for voxel (case ct_t0: 8-fold mirroring)."""
+    if "--compile" in speed and not _HAS_CXX:
+        pytest.skip("torch.compile on CPU needs a C++ compiler")
+    case = CASES[0]
+    out = tmp_path / "pred.nii.gz"
+    argv = ["predict", "-i", *[str(E2E / f) for f in case["inputs"]], "-o", str(out), "--weights", str(TINY_MODEL),
+            "--task", str(case["task_id"]), "--spacing", case["spacing_arg"], "--device", "cpu", *speed]
+    assert main(argv) == 0
+    ours, ref = nib.load(str(out)), nib.load(str(E2E / case["output"]))
+    assert int((np.asarray(ours.dataobj) != np.asarray(ref.dataobj)).sum()) == 0
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -105,6 +124,8 @@ def test_mni152_cli_nifti_and_preview(tmp_path, monkeypatch):
         (["-i", "{ct}", "--task", "livr"], "unknown task 'livr'"),
         (["-i", "{ct}", "--task", "whole_body_tumor"], "takes 2 input file(s) (CT, PET), got 1"),
         (["-i", "{ct}", "--task", "0", "--memory-limit-gb", "0.00001"], "lower sw_batch_size"),
+        (["-i", "{ct}", "--task", "0", "--mirror-axes", "W"], "--mirror-axes must be axes among 0,1,2"),
+        (["-i", "{ct}", "--task", "0", "--mirror-axes", "3"], "mirror_axes must be spatial axes among (0, 1, 2)"),
     ],
 )
 def test_cli_errors_are_one_line(args, message, tmp_path, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -11,11 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from uniseg_hub import UniSeg, UniSegConfig
+from uniseg_hub import UniSeg, UniSegConfig, checkpoint_filter_fn
 from uniseg_hub.layers import upsample_concat
 from uniseg_hub.perf import (
     FastInstanceNorm3d,
     PointwiseConv3d,
+    is_compiled,
     optimize_for_inference,
     optimize_for_training,
     set_grad_checkpointing,
@@ -134,6 +136,39 @@ def test_grad_checkpointing_cuts_saved_activations_in_encoder_and_decoder():
         set_grad_checkpointing(nn.Linear(2, 2))
 
 
+def test_checkpointing_granularity_and_levels_choose_what_is_stored():
+    """Stage segments store the least; block segments also keep block inputs (for a lower backward peak);
+    ``levels=1`` checkpoints only full resolution, so it stores more than all levels and less than none."""
+    torch.manual_seed(0)
+    model = UniSeg(_small_config()).train()
+    x = torch.randn(1, 1, 8, 32, 32)
+    plain = _saved_bytes(model, x)
+    sizes = {}
+    for name, kw in {"stage": dict(granularity="stage"), "block": dict(granularity="block"),
+                     "block_l1": dict(granularity="block", levels=1)}.items():
+        set_grad_checkpointing(model, True, **kw)
+        sizes[name] = _saved_bytes(model, x)
+    assert sizes["stage"] < sizes["block"] < sizes["block_l1"] < plain
+    with pytest.raises(ValueError, match="granularity"):
+        set_grad_checkpointing(model, True, granularity="layer")
+    with pytest.raises(ValueError, match="levels"):
+        model.set_grad_checkpointing(True, levels=0)
+
+
+@pytest.mark.parametrize("setting", [dict(granularity="stage"), dict(granularity="block"), dict(granularity="block", levels=2)])
+def test_checkpointing_settings_leave_outputs_and_gradients_unchanged(setting):
+    torch.manual_seed(0)
+    plain = UniSeg(_small_config(deep_supervision=True)).train()
+    ckpt = copy.deepcopy(plain)
+    ckpt.set_grad_checkpointing(True, **setting)
+    x = torch.randn(2, 1, 8, 32, 32, generator=torch.Generator().manual_seed(0))
+    out_p, grad_p = _step_grads(plain, x, [3, 8])
+    out_c, grad_c = _step_grads(ckpt, x, [3, 8])
+    assert max(max_abs(a, b) for a, b in zip(out_c, out_p)) == 0.0
+    assert grad_c.keys() == grad_p.keys()
+    assert max(max_abs(grad_c[k], grad_p[k]) for k in grad_p) <= 1e-6
+
+
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("kernel", [(1, 2, 2), (2, 2, 2)])
 def test_upsample_concat_equals_transposed_conv_then_cat(kernel, bias):
@@ -175,6 +210,29 @@ def test_try_compile_falls_back_to_eager_on_failure(tiny_model, upstream_io):
         assert max_abs(tiny_model(x, 0), upstream_io["c1_b1_t0/out"]) <= TOL
 
 
+_HAS_CXX = any(shutil.which(c) for c in ("c++", "g++", "clang++"))
+
+
+@pytest.mark.skipif(not _HAS_CXX, reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_network_matches_official_for_every_task_without_recompiling(tiny_config, tiny_official_state, upstream_io):
+    """One compiled graph (inductor freezing) serves tasks 0 and 7: official outputs within 1e-4, and a single
+    compilation for both task ids (the task reaches the graph as a tensor)."""
+    torch._dynamo.reset()
+    model = UniSeg(tiny_config)
+    model.load_state_dict(checkpoint_filter_fn(tiny_official_state, model), strict=True)
+    model = optimize_for_inference(model.eval(), compile=True)
+    assert is_compiled(model)
+    torch._dynamo.utils.counters.clear()
+    with torch.inference_mode():
+        for case in ("c1_b1_t0", "c1_b1_t7"):
+            x = torch.from_numpy(upstream_io[f"{case}/input"])
+            out = model(x, int(upstream_io[f"{case}/task_id"].reshape(-1)[0]))
+            assert max_abs(out, upstream_io[f"{case}/out"]) <= TOL, case
+    assert is_compiled(model)  # did not fall back
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert list(model.state_dict()) == list(UniSeg(tiny_config).state_dict())  # keys unchanged
+
+
 def test_benchmark_flop_count_matches_analytic_conv_count():
     conv = nn.Conv3d(4, 6, (1, 3, 3), padding=(0, 1, 1), bias=False)
     x = torch.randn(2, 4, 3, 5, 7)
@@ -208,8 +266,9 @@ def test_benchmark_scripts_run_on_tiny_sizes(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "forward.py"), *small, "--batch", "1",
                     "--ceiling-spatial", "8", "16", "16", "--json", str(fwd)], check=True, capture_output=True)
     rows = json.loads(fwd.read_text())["results"]
-    assert [r["variant"] for r in rows] == ["eager", "fast", "dynunet"]
-    assert rows[1]["max_abs_diff"] <= 1e-3 and rows[0]["gflop"] > 0
+    assert [r["variant"] for r in rows] == ["eager", "fast", "compile", "dynunet"]
+    assert rows[1]["max_abs_diff"] <= 1e-3 and rows[2]["max_abs_diff"] <= 1e-3 and rows[0]["gflop"] > 0
+    assert rows[2]["gflop"] == rows[0]["gflop"] and rows[2]["compile_s"] > 0
     tr = tmp_path / "train.json"
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_step.py"), *small, "--variants", "eager", "fast_ckpt",
                     "--json", str(tr)], check=True, capture_output=True)

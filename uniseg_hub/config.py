@@ -244,7 +244,7 @@ class UniSegConfig:
     @property
     def divisor(self) -> list[int]:
         """Every spatial input size must be a multiple of this (the total stride)."""
-        return [math.prod(k[i] for k in self.pool_op_kernel_sizes) for i in range(3)]
+        return [math.prod([k[i] for k in self.pool_op_kernel_sizes]) for i in range(3)]
 
     @property
     def prompt_size(self) -> list[int]:

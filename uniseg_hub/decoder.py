@@ -10,11 +10,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.utils.checkpoint
 from torch import nn
 
 from .config import UniSegConfig
-from .layers import ConvNormAct, init_he_, upsample_concat
+from .layers import ConvNormAct, GradCheckpointing, init_he_, upsample_concat
 
 __all__ = ["UniSegDecoder", "DecoderStage", "SegmentationHeads"]
 
@@ -37,10 +36,17 @@ class DecoderStage(nn.Module):
             *[ConvNormAct(skip_channels, skip_channels, **common) for _ in range(num_blocks - 1)],
         )
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    def upsample_concat(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """``cat([upsample(x), skip])``, the first block's input."""
         if self.fused_upsample and not torch.is_autocast_enabled(x.device.type):
-            return self.blocks(upsample_concat(self.upsample, x, skip))
-        return self.blocks(torch.cat([self.upsample(x), skip], dim=1))
+            return upsample_concat(self.upsample, x, skip)
+        return torch.cat([self.upsample(x), skip], dim=1)
+
+    def _first_block(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.blocks[0](self.upsample_concat(x, skip))
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.upsample_concat(x, skip))
 
 
 class SegmentationHeads(nn.ModuleList):
@@ -55,7 +61,7 @@ class SegmentationHeads(nn.ModuleList):
         return self[0].out_channels
 
 
-class UniSegDecoder(nn.Module):
+class UniSegDecoder(GradCheckpointing, nn.Module):
     """The UniSeg decoder with deep-supervision heads.
 
     Args:
@@ -86,12 +92,7 @@ class UniSegDecoder(nn.Module):
             down = skip
         self.stages = nn.ModuleList(stages)
         self.heads = SegmentationHeads([ch[-(2 + u)] for u in range(n)], config.num_classes)
-        self.grad_checkpointing = False
         self.stages.apply(init_he_)
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each decoder stage's activations in the backward pass to save memory (training only)."""
-        self.grad_checkpointing = bool(enable)
 
     @property
     def num_classes(self) -> int:
@@ -102,9 +103,16 @@ class UniSegDecoder(nn.Module):
         if len(skips) != len(self.stages):
             raise ValueError(f"the decoder needs {len(self.stages)} skip tensors, got {len(skips)}")
         x, out = bottleneck, []
-        ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
-        for stage, skip in zip(self.stages, reversed(skips)):
-            x = torch.utils.checkpoint.checkpoint(stage, x, skip, use_reentrant=False) if ckpt else stage(x, skip)
+        for u, (stage, skip) in enumerate(zip(self.stages, reversed(skips))):
+            mode = self._checkpoint_mode(level=len(self.stages) - 1 - u)  # the last stage is full resolution
+            if mode == "stage":
+                x = self._checkpoint(stage, x, skip)
+            elif mode == "block":  # upsample+concat joins the first block: its large output is never stored
+                x = self._checkpoint(stage._first_block, x, skip)
+                for block in stage.blocks[1:]:
+                    x = self._checkpoint(block, x)
+            else:
+                x = stage(x, skip)
             out.append(x)
         return out
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.utils.checkpoint
 from torch import nn
 
 from .config import UniSegConfig
-from .layers import ConvNormAct, MultiStemConvNormAct, init_he_
+from .layers import ConvNormAct, GradCheckpointing, MultiStemConvNormAct, init_he_
 
 __all__ = ["UniSegEncoder", "check_volume"]
 
@@ -38,7 +37,7 @@ def check_volume(x: torch.Tensor, module: nn.Module, what: str = "input") -> Non
         )
 
 
-class UniSegEncoder(nn.Module):
+class UniSegEncoder(GradCheckpointing, nn.Module):
     """The UniSeg encoder. ``forward`` returns every stage's output (the skips, bottleneck last).
 
     Args:
@@ -75,7 +74,6 @@ class UniSegEncoder(nn.Module):
             dict(num_chs=c, reduction=r, module=f"stages.{s}")
             for s, (c, r) in enumerate(zip(config.stage_channels, config.reductions))
         ]
-        self.grad_checkpointing = False
         self.apply(init_he_)
 
     @property
@@ -99,21 +97,22 @@ class UniSegEncoder(nn.Module):
         if x.shape[1] not in self.config.input_channels:
             self.stages[0][0](x[:, :, :1, :1, :1])  # raises the stem's channel-count error
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute stage activations in the backward pass to save memory (training only)."""
-        self.grad_checkpointing = enable
-
-    def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False)
+    def _run_stage(self, level: int, stage: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        mode = self._checkpoint_mode(level)
+        if mode == "stage":
+            return self._checkpoint(stage, x)
+        if mode == "block":
+            for block in stage:
+                x = self._checkpoint(block, x)
+            return x
         return stage(x)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """All stage outputs, finest first, bottleneck last."""
         self.check_input(x)
         feats = []
-        for stage in self.stages:
-            x = self._run_stage(stage, x)
+        for level, stage in enumerate(self.stages):
+            x = self._run_stage(level, stage, x)
             feats.append(x)
         return feats
 
@@ -149,7 +148,7 @@ class UniSegEncoder(nn.Module):
         last = max(take) if (stop_early and intermediates_only) else n - 1
         out = []
         for s in range(last + 1):
-            x = self._run_stage(self.stages[s], x)
+            x = self._run_stage(s, self.stages[s], x)
             if s in take:
                 out.append(x)
         return out if intermediates_only else (x, out)

@@ -388,26 +388,6 @@ def check_input(
     return msgs
 
 
-class _CompiledWithFallback:
-    """``torch.compile(model)`` that falls back to the eager ``model`` (logging why) when compiling fails."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model, self.config = model, getattr(model, "config", None)
-        self.compiled: Callable[..., Any] | None = torch.compile(model, dynamic=False)
-
-    def parameters(self):
-        return self.model.parameters()
-
-    def __call__(self, *args: Any) -> Any:
-        if self.compiled is not None:
-            try:
-                return self.compiled(*args)
-            except Exception as err:  # torch.compile raises many backend-specific types
-                logger.warning("torch.compile failed (%s: %s); predicting in eager mode", type(err).__name__, err)
-                self.compiled = None
-        return self.model(*args)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Scan-level predictor
 # ---------------------------------------------------------------------------------------------------------------
@@ -451,8 +431,9 @@ class UniSegPredictor:
         optimize: rewrite the network **in place** with :func:`uniseg_hub.perf.optimize_for_inference` (group-norm
             instance norm, fused upsample+concat, matmul heads; state-dict keys unchanged, outputs within ~1e-5):
             the fastest CPU setting measured in ``benchmarks/predict.py``.
-        compile: wrap the network in ``torch.compile`` (opt-in; falls back to eager, with a warning in the log, if
-            compilation fails). The first window pays the compile time.
+        compile: compile the network **in place** with :func:`uniseg_hub.perf.try_compile` (one graph, inductor
+            freezing; opt-in; falls back to eager, with a warning in the log, if compilation fails). The first
+            window pays the compile time (about 15-25 s on 2 CPU cores); combine with ``optimize``.
 
     Example:
         >>> predictor = UniSegPredictor(model, mirror=False)
@@ -501,7 +482,10 @@ class UniSegPredictor:
         self.progress, self.memory_limit_gb = progress, memory_limit_gb
         self._gaussian = gaussian_importance_map(self.config.patch_size, device=self.device)
         self._takes_task = self.config.num_tasks > 0 and self._accepts_task(model)
-        self._net: Callable[..., torch.Tensor] = _CompiledWithFallback(self.model) if compile else self.model
+        if compile:
+            from .perf import try_compile
+
+            try_compile(self.model, freeze=True, dynamic=False)
 
     @staticmethod
     def _accepts_task(model: nn.Module) -> bool:
@@ -540,7 +524,7 @@ class UniSegPredictor:
     def predict_preprocessed(self, data: torch.Tensor, task_id: int | None) -> torch.Tensor:
         """Softmax ``(K, D, H, W)`` of a preprocessed ``(C, D, H, W)`` volume (all K network outputs)."""
         return sliding_window_inference(
-            data, self.config.patch_size, self.sw_batch_size, self._net, overlap=self.overlap,
+            data, self.config.patch_size, self.sw_batch_size, self.model, overlap=self.overlap,
             progress=self.progress, task_id=task_id if self._takes_task else None,
             mirror_axes=self.mirror_axes if self.mirror else (), device=self.device,
             memory_limit_gb=self.memory_limit_gb, importance_map=self._gaussian, amp_dtype=self.amp,

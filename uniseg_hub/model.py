@@ -105,10 +105,11 @@ class _UniSegBase(
         self.decoder.deep_supervision = bool(enable)
         self.config.deep_supervision = bool(enable)
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute encoder and decoder stage activations in the backward pass (less memory, more time)."""
-        self.encoder.set_grad_checkpointing(enable)
-        self.decoder.set_grad_checkpointing(enable)
+    def set_grad_checkpointing(self, enable: bool = True, *, granularity: str = "stage", levels: int | None = None) -> None:
+        """Recompute encoder and decoder activations in the backward pass (less memory, more time); ``granularity``
+        and ``levels`` as :class:`~uniseg_hub.layers.GradCheckpointing`."""
+        self.encoder.set_grad_checkpointing(enable, granularity=granularity, levels=levels)
+        self.decoder.set_grad_checkpointing(enable, granularity=granularity, levels=levels)
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace every segmentation head by a freshly initialised one with ``num_classes`` outputs."""
@@ -175,7 +176,11 @@ class UniSeg(_UniSegBase):
         return as_task_tensor(task_id, x.shape[0], self.num_tasks, x.device)
 
     def forward(self, x: torch.Tensor, task_id: int | Sequence[int] | torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        task = self.check_input(x, task_id)
+        return self._forward_impl(x, self.check_input(x, task_id))
+
+    def _forward_impl(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """The network on a checked batch and ``(B,)`` task tensor: the part :func:`uniseg_hub.perf.try_compile`
+        compiles (one graph: the Python-side checks stay outside it)."""
         *skips, bottleneck = self.encoder(x)
         return self.decoder(skips, self.prompt(bottleneck, task))
 
@@ -202,6 +207,11 @@ class UniSegBackbone(_UniSegBase):
         return UniSegConfig.btcv()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        self.encoder.check_input(x)
+        return self._forward_impl(x)
+
+    def _forward_impl(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """The network on a checked batch (what :func:`uniseg_hub.perf.try_compile` compiles)."""
         *skips, bottleneck = self.encoder(x)
         return self.decoder(skips, bottleneck)
 

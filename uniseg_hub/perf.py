@@ -13,7 +13,9 @@ loaded weights stay valid):
 * ``pointwise_heads`` — the 1x1x1 segmentation heads as a matrix product (no oneDNN layout reorder).
 * ``channels_last`` — ``torch.channels_last_3d`` memory format (measured slower on CPU overall: instance norm
   then copies; see ``benchmarks/README.md``).
-* ``compile`` — ``torch.compile`` with an eager fallback when compilation fails.
+* ``compile`` — ``torch.compile`` of the whole network as one graph (inductor freezing for inference: oneDNN
+  convolutions with pre-packed weights in channels-last layout, norm+activation fused), with an eager fallback
+  when compilation fails. The fastest CPU forward measured.
 
 :func:`set_grad_checkpointing` enables activation checkpointing in the encoder **and** the decoder stages.
 
@@ -27,20 +29,24 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .decoder import DecoderStage, SegmentationHeads
+from .layers import GradCheckpointing
 
 __all__ = [
+    "CompiledForward",
     "FastInstanceNorm3d",
     "PointwiseConv3d",
     "optimize_for_inference",
     "optimize_for_training",
+    "is_compiled",
     "set_grad_checkpointing",
     "try_compile",
 ]
@@ -120,39 +126,97 @@ def _set_fused_upsample(model: nn.Module, enable: bool) -> int:
     return len(stages)
 
 
-def set_grad_checkpointing(model: nn.Module, enable: bool = True) -> None:
-    """Activation checkpointing for every encoder and decoder stage of ``model`` (a UniSeg network or part).
+def set_grad_checkpointing(
+    model: nn.Module, enable: bool = True, *, granularity: str = "stage", levels: int | None = None
+) -> None:
+    """Activation checkpointing for every encoder and decoder of ``model`` (a UniSeg network or part).
 
-    Takes effect in training mode with gradients enabled; outputs and gradients are unchanged.
+    Takes effect in training mode with gradients enabled; outputs and gradients are unchanged. ``granularity``
+    (``"stage"`` or ``"block"``) and ``levels`` (checkpoint only the finest ``levels`` resolution levels) are
+    explained in :class:`~uniseg_hub.layers.GradCheckpointing`; their memory/time trade-off is measured by
+    ``benchmarks/train_step.py``.
     """
     found = False
     for m in model.modules():
-        if m is not model and hasattr(m, "set_grad_checkpointing") and hasattr(m, "grad_checkpointing"):
-            m.set_grad_checkpointing(enable)
+        if isinstance(m, GradCheckpointing):
+            m.set_grad_checkpointing(enable, granularity=granularity, levels=levels)
             found = True
-    if hasattr(model, "grad_checkpointing"):
-        model.set_grad_checkpointing(enable)
-        found = True
     if not found:
         raise ValueError(f"{type(model).__name__} has no encoder or decoder that supports gradient checkpointing")
 
 
-def try_compile(model: nn.Module, example_inputs: Sequence[Any] | None = None, **compile_kwargs: Any) -> bool:
-    """``model.compile(**compile_kwargs)`` in place; with ``example_inputs`` run once to compile now.
+def _warn_compile_failed(exc: BaseException) -> None:
+    log.warning("torch.compile failed (%s: %s); using the eager model", type(exc).__name__, str(exc)[:500])
 
-    Returns ``True`` if compilation succeeded; on failure it logs a warning, restores the eager forward and
-    returns ``False`` (compilation needs a C++ compiler on CPU and Triton on CUDA).
+
+class CompiledForward:
+    """A ``torch.compile``-d function that falls back to the eager one, for good, the first time compiling or
+    running the compiled code fails (logged as a warning). Installed by :func:`try_compile`.
+
+    With ``freeze=True``, calls without autograd (``torch.inference_mode`` / ``no_grad``) compile with inductor's
+    *freezing*: weights become constants, folded and pre-packed for oneDNN convolutions in ``channels_last``
+    layout (the fast CPU path measured in ``benchmarks/forward.py``). Frozen weights are read at the first such
+    call: compile after loading weights, and recompile (call :func:`try_compile` again) after changing them.
     """
-    try:
-        model.compile(**compile_kwargs)
+
+    def __init__(self, fn: Callable[..., Any], freeze: bool = False, **compile_kwargs: Any) -> None:
+        self.eager, self.freeze = fn, freeze
+        self.compiled: Callable[..., Any] | None = None
+        try:
+            self.compiled = torch.compile(fn, **compile_kwargs)
+        except Exception as exc:  # noqa: BLE001 - e.g. an unknown backend or option
+            _warn_compile_failed(exc)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.compiled is None:
+            return self.eager(*args, **kwargs)
+        import torch._inductor.config as inductor_config
+
+        freeze = self.freeze and not torch.is_grad_enabled()  # grad mode is a dynamo guard: no stale frozen graph
+        try:
+            with inductor_config.patch(freezing=True) if freeze else contextlib.nullcontext():
+                return self.compiled(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure falls back to eager
+            _warn_compile_failed(exc)
+            self.compiled = None
+            return self.eager(*args, **kwargs)
+
+
+def try_compile(
+    model: nn.Module, example_inputs: Sequence[Any] | None = None, *, freeze: bool = False, **compile_kwargs: Any
+) -> bool:
+    """Compile ``model`` in place with ``torch.compile(**compile_kwargs)``; with ``example_inputs`` run once now.
+
+    UniSeg networks compile their ``_forward_impl`` (encoder, prompt and decoder as one graph) while the input
+    checks stay in eager ``forward``: the task id reaches the graph as a tensor, so changing it never
+    recompiles. Other modules compile whole (``model.compile``). ``freeze``: see :class:`CompiledForward`.
+    Compiling happens at the first call; if it fails (it needs a C++ compiler on CPU and Triton on CUDA) a
+    warning is logged and the eager forward is used. Returns ``False`` if that already happened while running
+    ``example_inputs``.
+    """
+    impl = getattr(type(model), "_forward_impl", None)
+    if impl is None:
+        try:
+            model.compile(**compile_kwargs)
+        except Exception as exc:  # noqa: BLE001
+            _warn_compile_failed(exc)
+            return False
         if example_inputs is not None:
             with torch.inference_mode(not model.training):
                 model(*example_inputs)
         return True
-    except Exception as exc:  # noqa: BLE001 - any compiler failure falls back to eager
-        log.warning("torch.compile failed (%s: %s); using the eager model", type(exc).__name__, str(exc)[:500])
-        model._compiled_call_impl = None
-        return False
+    compiled = CompiledForward(impl.__get__(model), freeze=freeze, **compile_kwargs)
+    model.__dict__["_forward_impl"] = compiled  # an instance attribute shadows the method; not in the state dict
+    if example_inputs is not None:
+        with torch.inference_mode(not model.training):
+            model(*example_inputs)
+    return compiled.compiled is not None
+
+
+def is_compiled(model: nn.Module) -> bool:
+    """Whether :func:`try_compile` compiled ``model`` and compilation has not fallen back to eager."""
+    fwd = model.__dict__.get("_forward_impl")
+    return isinstance(fwd, CompiledForward) and fwd.compiled is not None
 
 
 def _optimize(
@@ -165,6 +229,7 @@ def _optimize(
     compile: bool,
     example_inputs: Sequence[Any] | None,
     compile_kwargs: dict[str, Any] | None,
+    freeze: bool = False,
 ) -> nn.Module:
     done = []
     if fast_norm:
@@ -177,7 +242,8 @@ def _optimize(
         model.to(memory_format=torch.channels_last_3d)
         done.append("channels_last_3d")
     if compile:
-        done.append("compiled" if try_compile(model, example_inputs, **(compile_kwargs or {})) else "compile failed")
+        ok = try_compile(model, example_inputs, freeze=freeze, **(compile_kwargs or {}))
+        done.append("compiled" if ok else "compile failed")
     log.info("optimized %s: %s", type(model).__name__, ", ".join(done) or "nothing")
     return model
 
@@ -205,7 +271,9 @@ def optimize_for_inference(
         fused_upsample: transposed conv + skip concatenation in one pass.
         pointwise_heads: 1x1x1 heads as matrix products.
         channels_last: convert parameters to ``channels_last_3d``.
-        compile: ``torch.compile`` the model (eager fallback on failure, see :func:`try_compile`).
+        compile: ``torch.compile`` the network as one graph with inductor freezing (weights folded and pre-packed
+            for oneDNN in channels-last layout; eager fallback on failure, see :func:`try_compile`). The fastest
+            CPU forward in ``benchmarks/forward.py``; compiling takes about 15-25 s at the first call (2 cores).
         example_inputs: positional inputs to compile with now (otherwise compilation happens on the first call).
         compile_kwargs: keyword arguments for ``torch.compile`` (e.g. ``{"mode": "max-autotune"}``).
     """
@@ -218,6 +286,7 @@ def optimize_for_inference(
         compile=compile,
         example_inputs=example_inputs,
         compile_kwargs=compile_kwargs,
+        freeze=True,
     )
 
 

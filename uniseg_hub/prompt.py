@@ -20,9 +20,12 @@ __all__ = ["UniversalPrompt", "as_task_tensor"]
 def as_task_tensor(task_id: int | Sequence[int] | torch.Tensor, batch: int, num_tasks: int, device: torch.device) -> torch.Tensor:
     """Turn a task id (int, sequence or tensor) into a ``(B,)`` long tensor, checking range and length.
 
-    A single id (int, or length 1) applies to every sample of the batch.
+    A single id (int, or length 1) applies to every sample of the batch. Python ids are range-checked on the host;
+    a tensor's range check reads it (a sync on CUDA), except while ``torch.compile`` traces, where an
+    out-of-range id fails in the indexing instead (compiled kernels bound-check indices).
     """
-    t = torch.as_tensor(task_id, device=device)
+    given_tensor = isinstance(task_id, torch.Tensor)
+    t = task_id if given_tensor else torch.as_tensor(task_id)  # Python ids stay on the host for the check
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"task_id must hold integers, got dtype {t.dtype}")
     t = t.reshape(-1).long()
@@ -30,11 +33,12 @@ def as_task_tensor(task_id: int | Sequence[int] | torch.Tensor, batch: int, num_
         t = t.expand(batch)
     elif t.numel() != batch:
         raise ValueError(f"task_id has {t.numel()} entries for a batch of {batch}; give one id, or one per sample")
-    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_tasks):
-        raise ValueError(
-            f"task id {t.tolist()} out of range: this model has {num_tasks} tasks (ids 0..{num_tasks - 1})"
-        )
-    return t
+    if t.numel() and not (given_tensor and torch.compiler.is_compiling()):
+        if bool(((t < 0) | (t >= num_tasks)).any()):
+            raise ValueError(
+                f"task id {t.tolist()} out of range: this model has {num_tasks} tasks (ids 0..{num_tasks - 1})"
+            )
+    return t.to(device)
 
 
 class UniversalPrompt(nn.Module):
