@@ -6,9 +6,11 @@ Nesterov), as the official trainer. Each configuration runs in its own child pro
 the child's own ``ru_maxrss`` (CPU) or ``torch.cuda.max_memory_allocated`` (CUDA), unaffected by the others.
 
 Configurations (``--variants``): ``eager`` (the plain network, baseline), ``fast``
-(:func:`uniseg_hub.perf.optimize_for_training`), ``<eager|fast>_ckpt[_block][_l<N>]`` (+ activation checkpointing
-in encoder and decoder via :func:`uniseg_hub.perf.set_grad_checkpointing`: per stage, or per block with
-``_block``; only the ``N`` finest resolution levels with ``_l<N>``), ``amp_bf16`` / ``amp_fp16``
+(:func:`uniseg_hub.perf.optimize_for_training`), ``lowmem`` (``fast`` + in-place norm+activation,
+``optimize_for_training(inplace_norm_act=True)``), ``compile`` (``fast`` + ``torch.compile`` of forward and
+backward, compiled during the warm-up step), ``<eager|fast|lowmem|compile>_ckpt[_l<N>]`` (+ activation
+checkpointing of encoder and decoder stages via :func:`uniseg_hub.perf.set_grad_checkpointing`; only the ``N``
+finest resolution levels with ``_l<N>``), ``amp_bf16`` / ``amp_fp16``
 (``fast`` under ``torch.autocast``, default on CUDA; fp16 with a ``GradScaler``). Every configuration starts from the same weights,
 input and labels; the max abs difference of the first step's logits and gradients to the baseline is reported.
 
@@ -39,17 +41,20 @@ from common import add_common_args, env_info, median, peak_rss_gib, print_table,
 
 log = logging.getLogger("benchmarks.train_step")
 
-CPU_VARIANTS = ["eager", "fast", "fast_ckpt", "fast_ckpt_block", "fast_ckpt_block_l2"]
-CUDA_VARIANTS = ["eager", "fast", "fast_ckpt_block_l2", "amp_bf16", "amp_fp16"]
-#: ``<eager|fast>[_ckpt[_block][_l<levels>]]``: checkpointing granularity "stage" (default) or "block", and the
-#: number of finest resolution levels checkpointed (default all); ``amp_*`` are ``fast`` under autocast.
-VARIANT_RE = re.compile(r"(?P<base>eager|fast)(?P<ckpt>_ckpt(?P<block>_block)?(?:_l(?P<levels>[1-9]))?)?|amp_bf16|amp_fp16")
+CPU_VARIANTS = ["eager", "fast", "fast_ckpt", "lowmem", "lowmem_ckpt"]
+CUDA_VARIANTS = ["eager", "fast", "fast_ckpt", "lowmem_ckpt", "amp_bf16", "amp_fp16"]
+#: ``<eager|fast|lowmem|compile>[_ckpt[_l<levels>]]``: ``lowmem`` is ``fast`` + in-place norm+act, ``compile`` is
+#: ``fast`` + ``torch.compile`` (forward and backward; compiled in the warm-up step); ``_l<N>`` checkpoints
+#: only the N finest resolution levels (default all); ``amp_*`` are ``fast`` under autocast.
+VARIANT_RE = re.compile(r"(?P<base>eager|fast|lowmem|compile)(?P<ckpt>_ckpt(?:_l(?P<levels>[1-9]))?)?|amp_bf16|amp_fp16")
 
 
 def variant_name(text: str) -> str:
     """argparse type: a valid variant name."""
     if not VARIANT_RE.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"unknown variant {text!r}: use <eager|fast>[_ckpt[_block][_l<N>]], amp_bf16 or amp_fp16")
+        raise argparse.ArgumentTypeError(
+            f"unknown variant {text!r}: use <eager|fast|lowmem|compile>[_ckpt[_l<N>]], amp_bf16 or amp_fp16"
+        )
     return text
 
 
@@ -67,10 +72,10 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     model = UniSeg(cfg).to(device).train()
     m = VARIANT_RE.fullmatch(variant)
     if m["base"] != "eager":
-        optimize_for_training(model)
+        optimize_for_training(model, inplace_norm_act=m["base"] == "lowmem", compile=m["base"] == "compile")
     if m["ckpt"]:
         levels = int(m["levels"]) if m["levels"] else None
-        set_grad_checkpointing(model, True, granularity="block" if m["block"] else "stage", levels=levels)
+        set_grad_checkpointing(model, True, levels=levels)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(args.batch, 1, *cfg.patch_size, generator=gen).to(device)
     y = torch.randint(0, cfg.num_classes, (args.batch, *cfg.patch_size), generator=gen).to(device)
@@ -106,15 +111,17 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             opt.step()
         return float(loss)
 
-    times, losses = [], []
+    times, cpu, losses = [], [], []
     for i in range(args.warmup + args.repeats):
         synchronize(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         losses.append(step(dump=i == 0 and args.dump is not None))
         synchronize(device)
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
-    rec = dict(variant=variant, step_s_runs=times, median_s=median(times), min_s=min(times), losses=losses, peak_rss_gib=peak_rss_gib())
+            cpu.append(time.process_time() - c0)
+    rec = dict(variant=variant, step_s_runs=times, median_s=median(times), min_s=min(times), cpu_s=median(cpu),
+               losses=losses, peak_rss_gib=peak_rss_gib())
     if device.type == "cuda":
         rec["peak_cuda_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return rec
@@ -172,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                 rec["ckpt_time_cost_pct"] = 100.0 * (rec["median_s"] / plain["median_s"] - 1)
                 rec["ckpt_memory_cut_pct"] = 100.0 * (1 - rec[mem_key] / plain[mem_key])
     record["env"]["loadavg_end"] = env_info(args.device)["loadavg"]
-    cols = ["variant", "median_s", "min_s", f"speedup_vs_{base['variant']}", mem_key, f"memory_vs_{base['variant']}",
+    cols = ["variant", "median_s", "min_s", "cpu_s", f"speedup_vs_{base['variant']}", mem_key, f"memory_vs_{base['variant']}",
             "ckpt_time_cost_pct", "ckpt_memory_cut_pct", "max_abs_diff_logits", "max_rel_diff_grads"]
     if "peak_cuda_gib" in base:
         cols.insert(4, "peak_rss_gib")

@@ -181,7 +181,7 @@ def test_onnx_graph_through_whole_volume_predictor(files, upstream):
     _same_segmentation_as_official(prob, ref_prob, ref_seg)
     assert np.array_equal(prob.argmax(0).numpy(), eager.argmax(0).numpy())
     # the exported model is a drop-in for the scan-level predictor too
-    predictor = UniSegPredictor(net, mirror=False)
+    predictor = UniSegPredictor(net, mirror=False, sw_batch_size=2)
     assert max_abs(predictor.predict_preprocessed(data, task), prob) <= 1e-6
 
 

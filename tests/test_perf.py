@@ -16,6 +16,7 @@ from uniseg_hub import UniSeg, UniSegConfig, checkpoint_filter_fn
 from uniseg_hub.layers import upsample_concat
 from uniseg_hub.perf import (
     FastInstanceNorm3d,
+    InplaceInstanceNormAct,
     PointwiseConv3d,
     is_compiled,
     optimize_for_inference,
@@ -105,6 +106,70 @@ def test_fast_training_matches_float64_outputs_and_gradients(grad_checkpointing)
     assert err_fast <= max(2 * err_eager, 1e-5 * scale)
 
 
+def _trained_like_norms(model: nn.Module) -> nn.Module:
+    """Affine norm parameters away from their initial ones/zeros, as after training."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.InstanceNorm3d):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
+    return model
+
+
+def _saved_storage_bytes(model: UniSeg, x: torch.Tensor) -> int:
+    """Bytes of the distinct storages autograd keeps from a forward pass (a tensor saved twice counts once)."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x, 0)
+    sum(o.sum() for o in out).backward()
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("grad_checkpointing", [False, True])
+def test_inplace_norm_act_matches_float64_gradients(grad_checkpointing):
+    torch.manual_seed(0)
+    eager = _trained_like_norms(UniSeg(_small_config(deep_supervision=True)).train())
+    lowmem = optimize_for_training(copy.deepcopy(eager), inplace_norm_act=True, grad_checkpointing=grad_checkpointing)
+    n_norms = sum(isinstance(m, nn.InstanceNorm3d) for m in eager.modules())
+    assert sum(isinstance(m, InplaceInstanceNormAct) for m in lowmem.modules()) == n_norms
+    assert list(lowmem.state_dict()) == list(eager.state_dict())
+    truth = copy.deepcopy(eager).double()
+    x = torch.randn(2, 1, 8, 32, 32, generator=torch.Generator().manual_seed(0))
+    out_t, grad_t = _step_grads(truth, x.double(), [3, 8])
+    out_e, grad_e = _step_grads(eager, x, [3, 8])
+    out_l, grad_l = _step_grads(lowmem, x, [3, 8])
+    assert max(max_abs(a, b) for a, b in zip(out_l, out_t)) <= TOL
+    scale = max(float(g.abs().max()) for g in grad_t.values())
+    err_eager = max(max_abs(grad_e[k], grad_t[k]) for k in grad_t)
+    err_lowmem = max(max_abs(grad_l[k], grad_t[k]) for k in grad_t)
+    assert err_lowmem <= max(2 * err_eager, 1e-5 * scale)
+
+
+def test_inplace_norm_act_keeps_one_activation_per_block_and_falls_back_when_unsafe():
+    torch.manual_seed(0)
+    fast = optimize_for_training(_trained_like_norms(UniSeg(_small_config(deep_supervision=True)).train()))
+    lowmem = optimize_for_training(copy.deepcopy(fast), inplace_norm_act=True)
+    x = torch.randn(1, 1, 8, 32, 32)
+    assert _saved_storage_bytes(lowmem, x) < 0.7 * _saved_storage_bytes(fast, x)
+    # a zero norm weight makes (z - bias) / weight ill-posed: that layer computes the ordinary way, still exact
+    with torch.no_grad():
+        lowmem.encoder.stages[0][1].norm.weight[0] = 0.0
+        fast.encoder.stages[0][1].norm.weight[0] = 0.0
+    out_f, grad_f = _step_grads(fast, x, 0)
+    out_l, grad_l = _step_grads(lowmem, x, 0)
+    assert max(max_abs(a, b) for a, b in zip(out_l, out_f)) <= 1e-5
+    scale = max(float(g.abs().max()) for g in grad_f.values())
+    assert max(max_abs(grad_l[k], grad_f[k]) for k in grad_f) <= 1e-4 * scale
+    with torch.inference_mode():  # inference: the ordinary computation, same outputs
+        assert max(max_abs(a, b) for a, b in zip(lowmem.eval()(x, 0), fast.eval()(x, 0))) <= 1e-5
+
+
 def _saved_bytes(model: UniSeg, x: torch.Tensor) -> int:
     """Bytes of the tensors autograd keeps from a forward pass for the backward (activation memory)."""
     total = 0
@@ -136,26 +201,22 @@ def test_grad_checkpointing_cuts_saved_activations_in_encoder_and_decoder():
         set_grad_checkpointing(nn.Linear(2, 2))
 
 
-def test_checkpointing_granularity_and_levels_choose_what_is_stored():
-    """Stage segments store the least; block segments also keep block inputs (for a lower backward peak);
-    ``levels=1`` checkpoints only full resolution, so it stores more than all levels and less than none."""
+def test_checkpointing_levels_choose_what_is_stored():
+    """``levels=1`` checkpoints only the full-resolution stages: more stored than every level, less than none."""
     torch.manual_seed(0)
     model = UniSeg(_small_config()).train()
     x = torch.randn(1, 1, 8, 32, 32)
     plain = _saved_bytes(model, x)
-    sizes = {}
-    for name, kw in {"stage": dict(granularity="stage"), "block": dict(granularity="block"),
-                     "block_l1": dict(granularity="block", levels=1)}.items():
-        set_grad_checkpointing(model, True, **kw)
-        sizes[name] = _saved_bytes(model, x)
-    assert sizes["stage"] < sizes["block"] < sizes["block_l1"] < plain
-    with pytest.raises(ValueError, match="granularity"):
-        set_grad_checkpointing(model, True, granularity="layer")
+    set_grad_checkpointing(model, True, levels=1)
+    level0 = _saved_bytes(model, x)
+    set_grad_checkpointing(model, True)
+    every = _saved_bytes(model, x)
+    assert every < level0 < plain
     with pytest.raises(ValueError, match="levels"):
         model.set_grad_checkpointing(True, levels=0)
 
 
-@pytest.mark.parametrize("setting", [dict(granularity="stage"), dict(granularity="block"), dict(granularity="block", levels=2)])
+@pytest.mark.parametrize("setting", [dict(), dict(levels=2)])
 def test_checkpointing_settings_leave_outputs_and_gradients_unchanged(setting):
     torch.manual_seed(0)
     plain = UniSeg(_small_config(deep_supervision=True)).train()

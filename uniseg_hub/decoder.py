@@ -36,17 +36,10 @@ class DecoderStage(nn.Module):
             *[ConvNormAct(skip_channels, skip_channels, **common) for _ in range(num_blocks - 1)],
         )
 
-    def upsample_concat(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        """``cat([upsample(x), skip])``, the first block's input."""
-        if self.fused_upsample and not torch.is_autocast_enabled(x.device.type):
-            return upsample_concat(self.upsample, x, skip)
-        return torch.cat([self.upsample(x), skip], dim=1)
-
-    def _first_block(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.blocks[0](self.upsample_concat(x, skip))
-
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.upsample_concat(x, skip))
+        if self.fused_upsample and not torch.is_autocast_enabled(x.device.type):
+            return self.blocks(upsample_concat(self.upsample, x, skip))
+        return self.blocks(torch.cat([self.upsample(x), skip], dim=1))
 
 
 class SegmentationHeads(nn.ModuleList):
@@ -104,15 +97,8 @@ class UniSegDecoder(GradCheckpointing, nn.Module):
             raise ValueError(f"the decoder needs {len(self.stages)} skip tensors, got {len(skips)}")
         x, out = bottleneck, []
         for u, (stage, skip) in enumerate(zip(self.stages, reversed(skips))):
-            mode = self._checkpoint_mode(level=len(self.stages) - 1 - u)  # the last stage is full resolution
-            if mode == "stage":
-                x = self._checkpoint(stage, x, skip)
-            elif mode == "block":  # upsample+concat joins the first block: its large output is never stored
-                x = self._checkpoint(stage._first_block, x, skip)
-                for block in stage.blocks[1:]:
-                    x = self._checkpoint(block, x)
-            else:
-                x = stage(x, skip)
+            level = len(self.stages) - 1 - u  # the last stage is full resolution
+            x = self._checkpoint(stage, x, skip) if self._checkpoint_level(level) else stage(x, skip)
             out.append(x)
         return out
 

@@ -98,14 +98,7 @@ class UniSegEncoder(GradCheckpointing, nn.Module):
             self.stages[0][0](x[:, :, :1, :1, :1])  # raises the stem's channel-count error
 
     def _run_stage(self, level: int, stage: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-        mode = self._checkpoint_mode(level)
-        if mode == "stage":
-            return self._checkpoint(stage, x)
-        if mode == "block":
-            for block in stage:
-                x = self._checkpoint(block, x)
-            return x
-        return stage(x)
+        return self._checkpoint(stage, x) if self._checkpoint_level(level) else stage(x)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """All stage outputs, finest first, bottleneck last."""

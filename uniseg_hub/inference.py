@@ -417,7 +417,8 @@ class UniSegPredictor:
             preprocessing contract unless ``config`` is passed.
         config: overrides ``model.config``.
         device: where to run (default: the model's device).
-        sw_batch_size: windows per forward pass.
+        sw_batch_size: windows (times mirror flips) per forward pass; default 1 on CPU (batching measured slower
+            there: 76 s vs 61 s for a CT-sized volume, and +2.2 GiB peak) and 2 on CUDA.
         overlap: window overlap (official ``step_size`` 0.5 ⇔ ``overlap=0.5``).
         mirror: test-time mirroring on all three axes (official default: on).
         spacing: target spacing override ``(z, y, x)`` (default ``config.preprocessing.spacing``).
@@ -446,7 +447,7 @@ class UniSegPredictor:
         model: nn.Module,
         config: UniSegConfig | None = None,
         device: str | torch.device | None = None,
-        sw_batch_size: int = 2,
+        sw_batch_size: int | None = None,
         overlap: float = 0.5,
         mirror: bool = True,
         spacing: Sequence[float] | None = None,
@@ -472,6 +473,8 @@ class UniSegPredictor:
             optimize_for_inference(self.model)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last_3d)
+        if sw_batch_size is None:
+            sw_batch_size = 1 if self.device.type == "cpu" else 2
         self.sw_batch_size, self.overlap, self.mirror = sw_batch_size, overlap, mirror
         if any(a not in (0, 1, 2) for a in mirror_axes):
             raise ValueError(f"mirror_axes must be spatial axes among (0, 1, 2), got {tuple(mirror_axes)}")

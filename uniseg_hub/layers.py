@@ -117,41 +117,34 @@ class MultiStemConvNormAct(nn.Module):
 
 class GradCheckpointing:
     """Activation-checkpointing settings shared by :class:`~uniseg_hub.encoder.UniSegEncoder` and
-    :class:`~uniseg_hub.decoder.UniSegDecoder` (a mixin: ``grad_checkpointing`` stays the timm-style bool).
+    :class:`~uniseg_hub.decoder.UniSegDecoder` (a mixin; ``grad_checkpointing`` stays the timm-style bool).
 
-    * ``granularity="stage"``: each stage is one recomputed segment (stores stage inputs only; the recompute of
-      a whole stage is alive at once in the backward pass).
-    * ``granularity="block"``: each conv block is a segment (the decoder's upsample+concat joins its first block),
-      so the backward pass holds one block's recompute at a time: a lower peak for the same recompute.
-    * ``levels``: checkpoint only the ``levels`` finest resolution levels (level 0 = full resolution). Each
-      coarser level holds ~1/4 of the activation memory but ~1/2 of the compute of the one above, so leaving
-      coarse levels out saves recompute time for little memory. ``None``: every level.
+    Each stage is one recomputed segment (only stage inputs are stored). ``levels`` checkpoints only the
+    ``levels`` finest resolution levels (level 0 = full resolution): each coarser level holds about 1/4 of the
+    activation memory but 1/2 of the compute of the one above, so leaving coarse levels out trades a little
+    memory for less recompute. ``None``: every level. (Per-block segments were measured too and kept *more*
+    memory on this network, see ``benchmarks/README.md``.)
     """
 
     grad_checkpointing: bool = False
-    grad_checkpointing_granularity: str = "stage"
     grad_checkpointing_levels: int | None = None
 
-    def set_grad_checkpointing(self, enable: bool = True, *, granularity: str = "stage", levels: int | None = None) -> None:
+    def set_grad_checkpointing(self, enable: bool = True, *, levels: int | None = None) -> None:
         """Recompute activations in the backward pass to save memory (training only; same outputs and grads)."""
-        if granularity not in ("stage", "block"):
-            raise ValueError(f"granularity must be 'stage' or 'block', got {granularity!r}")
         if levels is not None and levels < 1:
             raise ValueError(f"levels must be None (all) or >= 1, got {levels}")
-        self.grad_checkpointing = bool(enable)
-        self.grad_checkpointing_granularity, self.grad_checkpointing_levels = granularity, levels
+        self.grad_checkpointing, self.grad_checkpointing_levels = bool(enable), levels
 
-    def _checkpoint_mode(self, level: int) -> str | None:
-        """``"stage"``, ``"block"`` or ``None`` for a stage at resolution ``level`` in the current call."""
+    def _checkpoint_level(self, level: int) -> bool:
+        """Whether the stage at resolution ``level`` is checkpointed in the current call."""
         if not (self.grad_checkpointing and self.training and torch.is_grad_enabled()):
-            return None
-        if self.grad_checkpointing_levels is not None and level >= self.grad_checkpointing_levels:
-            return None
-        return self.grad_checkpointing_granularity
+            return False
+        return self.grad_checkpointing_levels is None or level < self.grad_checkpointing_levels
 
     @staticmethod
     def _checkpoint(fn: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
         return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
+
 
 def upsample_concat(upsample: nn.ConvTranspose3d, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
     """``torch.cat([upsample(x), skip], dim=1)`` in one pass, for a transposed conv with ``kernel == stride``.

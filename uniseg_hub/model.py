@@ -105,11 +105,11 @@ class _UniSegBase(
         self.decoder.deep_supervision = bool(enable)
         self.config.deep_supervision = bool(enable)
 
-    def set_grad_checkpointing(self, enable: bool = True, *, granularity: str = "stage", levels: int | None = None) -> None:
-        """Recompute encoder and decoder activations in the backward pass (less memory, more time); ``granularity``
-        and ``levels`` as :class:`~uniseg_hub.layers.GradCheckpointing`."""
-        self.encoder.set_grad_checkpointing(enable, granularity=granularity, levels=levels)
-        self.decoder.set_grad_checkpointing(enable, granularity=granularity, levels=levels)
+    def set_grad_checkpointing(self, enable: bool = True, *, levels: int | None = None) -> None:
+        """Recompute encoder and decoder stage activations in the backward pass (less memory, more time);
+        ``levels``: only the finest ``levels`` resolution levels (:class:`~uniseg_hub.layers.GradCheckpointing`)."""
+        self.encoder.set_grad_checkpointing(enable, levels=levels)
+        self.decoder.set_grad_checkpointing(enable, levels=levels)
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace every segmentation head by a freshly initialised one with ``num_classes`` outputs."""

@@ -17,7 +17,11 @@ loaded weights stay valid):
   convolutions with pre-packed weights in channels-last layout, norm+activation fused), with an eager fallback
   when compilation fails. The fastest CPU forward measured.
 
-:func:`set_grad_checkpointing` enables activation checkpointing in the encoder **and** the decoder stages.
+* ``inplace_norm_act`` (training) — :class:`InplaceInstanceNormAct`: instance norm + LeakyReLU written over the
+  conv output, storing one activation per block instead of two (the InPlace-ABN trick).
+
+:func:`set_grad_checkpointing` enables activation checkpointing in the encoder **and** the decoder stages
+(optionally only the finest ``levels`` resolution levels).
 
 Example:
     >>> model = optimize_for_inference(UniSeg(UniSegConfig.uniseg_11task(base_num_features=4,
@@ -43,6 +47,7 @@ from .layers import GradCheckpointing
 __all__ = [
     "CompiledForward",
     "FastInstanceNorm3d",
+    "InplaceInstanceNormAct",
     "PointwiseConv3d",
     "optimize_for_inference",
     "optimize_for_training",
@@ -99,6 +104,93 @@ class PointwiseConv3d(nn.Conv3d):
         return new.train(conv.training)
 
 
+class _InstanceNormLeakyReLU(torch.autograd.Function):
+    """Instance norm (affine) + LeakyReLU written over the input, saving only the output (InPlace-ABN).
+
+    Backward reconstructs the pre-activation from the output (LeakyReLU with slope ``s`` is inverted by slope
+    ``1/s``) and the normalised input from it (``(z - bias) / weight``), so it needs neither the norm's input
+    nor a separate activation input: one stored tensor per conv block instead of two.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps: float, slope: float):  # type: ignore[override]
+        b, c = x.shape[:2]
+        flat = x.view(b, c, -1)
+        var, mean = torch.var_mean(flat, dim=2, correction=0)
+        rstd = torch.rsqrt(var + eps)
+        scale = weight * rstd
+        torch.addcmul((bias - mean * scale).unsqueeze(-1), flat, scale.unsqueeze(-1), out=flat)
+        F.leaky_relu_(x, slope)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(x, weight, bias, rstd)
+        ctx.slope = slope
+        return x
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        y, weight, bias, rstd = ctx.saved_tensors
+        b, c = y.shape[:2]
+        n = y[0, 0].numel()
+        y = y.view(b, c, -1)
+        gz = torch.ops.aten.leaky_relu_backward(grad_out.reshape(b, c, -1), y, ctx.slope, True)
+        xhat = F.leaky_relu(y, 1.0 / ctx.slope)  # the pre-activation z = weight * xhat + bias
+        inv = weight.reciprocal().view(1, c, 1)
+        torch.addcmul((-bias).view(1, c, 1) * inv, xhat, inv, out=xhat)
+        sum_gz = gz.sum(-1)
+        sum_gz_xhat = torch.matmul(gz.unsqueeze(-2), xhat.unsqueeze(-1)).view(b, c)
+        # d x = rstd * weight * (gz - mean(gz) - xhat * mean(gz * xhat)), computed in gz's buffer
+        gz.sub_((sum_gz / n).unsqueeze(-1)).addcmul_(xhat, (sum_gz_xhat / -n).unsqueeze(-1))
+        gz.mul_((rstd * weight).unsqueeze(-1))
+        return gz.view(grad_out.shape), sum_gz_xhat.sum(0), sum_gz.sum(0), None, None
+
+
+class InplaceInstanceNormAct(nn.InstanceNorm3d):
+    """Affine instance norm **and** the following LeakyReLU in one in-place step that stores only its output
+    for the backward pass (the InPlace-ABN trick): per conv block autograd keeps one activation instead of two.
+
+    Same parameters and state-dict keys as the ``nn.InstanceNorm3d`` it replaces (the block's ``act`` becomes
+    ``nn.Identity``). It overwrites its input, the conv output, which nothing else reads. Gradients are exact up
+    to float32 rounding of the reconstruction ``(z - bias) / weight``; while any ``|weight|`` is below
+    ``min_weight`` (reconstruction ill-conditioned) and in inference it runs the ordinary computation.
+    """
+
+    min_weight = 1e-3
+
+    def __init__(self, num_features: int, eps: float = 1e-5, negative_slope: float = 0.01) -> None:
+        super().__init__(num_features, eps=eps, affine=True, track_running_stats=False)
+        self.negative_slope = negative_slope
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        use_inplace = (
+            torch.is_grad_enabled() and x.dim() == 5 and x.is_contiguous() and x.shape[0] > 0
+            and not torch.is_autocast_enabled(x.device.type) and x.requires_grad and x.grad_fn is not None
+            and bool(self.weight.detach().abs().min() >= self.min_weight)
+        )
+        if use_inplace:
+            return _InstanceNormLeakyReLU.apply(x, self.weight, self.bias, self.eps, self.negative_slope)
+        return F.leaky_relu_(F.group_norm(x, x.shape[1], self.weight, self.bias, self.eps), self.negative_slope)
+
+    @classmethod
+    def from_norm_act(cls, norm: nn.InstanceNorm3d, act: nn.LeakyReLU) -> "InplaceInstanceNormAct":
+        new = cls(norm.num_features, eps=norm.eps, negative_slope=act.negative_slope)
+        new.weight, new.bias = norm.weight, norm.bias  # the same Parameter objects
+        return new.train(norm.training)
+
+
+def _replace_norm_act(model: nn.Module) -> int:
+    """Fuse every (affine instance norm, LeakyReLU) pair held as ``.norm`` / ``.act`` of a block."""
+    count = 0
+    for block in list(model.modules()):
+        norm, act = getattr(block, "norm", None), getattr(block, "act", None)
+        if (
+            isinstance(norm, nn.InstanceNorm3d) and not isinstance(norm, InplaceInstanceNormAct)
+            and norm.affine and not norm.track_running_stats and type(act) is nn.LeakyReLU
+        ):
+            block.norm, block.act = InplaceInstanceNormAct.from_norm_act(norm, act), nn.Identity()
+            count += 1
+    return count
+
+
 def _replace_norms(model: nn.Module) -> int:
     count = 0
     for parent in list(model.modules()):
@@ -126,20 +218,17 @@ def _set_fused_upsample(model: nn.Module, enable: bool) -> int:
     return len(stages)
 
 
-def set_grad_checkpointing(
-    model: nn.Module, enable: bool = True, *, granularity: str = "stage", levels: int | None = None
-) -> None:
-    """Activation checkpointing for every encoder and decoder of ``model`` (a UniSeg network or part).
+def set_grad_checkpointing(model: nn.Module, enable: bool = True, *, levels: int | None = None) -> None:
+    """Activation checkpointing for every encoder and decoder stage of ``model`` (a UniSeg network or part).
 
-    Takes effect in training mode with gradients enabled; outputs and gradients are unchanged. ``granularity``
-    (``"stage"`` or ``"block"``) and ``levels`` (checkpoint only the finest ``levels`` resolution levels) are
-    explained in :class:`~uniseg_hub.layers.GradCheckpointing`; their memory/time trade-off is measured by
-    ``benchmarks/train_step.py``.
+    Takes effect in training mode with gradients enabled; outputs and gradients are unchanged. ``levels``
+    checkpoints only the finest ``levels`` resolution levels (:class:`~uniseg_hub.layers.GradCheckpointing`);
+    the memory/time trade-off is measured by ``benchmarks/train_step.py``.
     """
     found = False
     for m in model.modules():
         if isinstance(m, GradCheckpointing):
-            m.set_grad_checkpointing(enable, granularity=granularity, levels=levels)
+            m.set_grad_checkpointing(enable, levels=levels)
             found = True
     if not found:
         raise ValueError(f"{type(model).__name__} has no encoder or decoder that supports gradient checkpointing")
@@ -297,6 +386,7 @@ def optimize_for_training(
     fused_upsample: bool = True,
     pointwise_heads: bool = True,
     grad_checkpointing: bool = False,
+    inplace_norm_act: bool = False,
     compile: bool = False,
     compile_kwargs: dict[str, Any] | None = None,
 ) -> nn.Module:
@@ -305,9 +395,14 @@ def optimize_for_training(
     Args:
         model: a UniSeg network.
         fast_norm, fused_upsample, pointwise_heads, compile, compile_kwargs: as :func:`optimize_for_inference`.
-        grad_checkpointing: activation checkpointing in encoder and decoder (:func:`set_grad_checkpointing`):
-            much lower peak memory for one extra forward per step.
+        grad_checkpointing: activation checkpointing in encoder and decoder (:func:`set_grad_checkpointing`,
+            per stage, every level): much lower peak memory for one extra forward per step.
+        inplace_norm_act: :class:`InplaceInstanceNormAct` for every instance norm + LeakyReLU pair: one stored
+            activation per conv block instead of two (lower peak memory, with or without checkpointing);
+            gradients equal up to float32 rounding.
     """
+    if inplace_norm_act:
+        log.info("optimized %s: %d in-place norm+act", type(model).__name__, _replace_norm_act(model))
     _optimize(
         model,
         fast_norm=fast_norm,

@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--modality", default=None, help="for --task all: modality of the input, e.g. CT, MR or CT,PET")
     p.add_argument("--no-mirror", action="store_true", help="disable test-time mirroring (8x faster)")
     p.add_argument("--step", type=float, default=0.5, help="window step as a fraction of the patch (default 0.5)")
-    p.add_argument("--sw-batch-size", type=int, default=2, help="windows per forward pass (default 2)")
+    p.add_argument("--sw-batch-size", type=int, default=None,
+                   help="windows per forward pass (default 1 on CPU, where batching is slower, 2 on CUDA)")
     p.add_argument("--spacing", default=None, metavar="Z,Y,X", help="target spacing override in mm, e.g. 3,1.5,1.5")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--memory-limit-gb", type=float, default=None, help="refuse volumes estimated to need more")
