@@ -6,8 +6,8 @@ Nesterov), as the official trainer. Each configuration runs in its own child pro
 the child's own ``ru_maxrss`` (CPU) or ``torch.cuda.max_memory_allocated`` (CUDA), unaffected by the others.
 
 Configurations (``--variants``): ``eager`` (the plain network, baseline), ``fast``
-(:func:`uniseg_hub.perf.optimize_for_training`), ``lowmem`` (``fast`` + in-place norm+activation,
-``optimize_for_training(inplace_norm_act=True)``), ``compile`` (``fast`` + ``torch.compile`` of forward and
+(:func:`uniseg_hub.perf.optimize_for_training`), ``lowmem`` (in-place norm+activation in channels-last layout,
+``optimize_for_training(inplace_norm_act=True, channels_last=True)``), ``compile`` (``fast`` + ``torch.compile`` of forward and
 backward, compiled during the warm-up step), ``<eager|fast|lowmem|compile>_ckpt[_l<N>]`` (+ activation
 checkpointing of encoder and decoder stages via :func:`uniseg_hub.perf.set_grad_checkpointing`; only the ``N``
 finest resolution levels with ``_l<N>``), ``amp_bf16`` / ``amp_fp16``
@@ -43,7 +43,8 @@ log = logging.getLogger("benchmarks.train_step")
 
 CPU_VARIANTS = ["eager", "fast", "fast_ckpt", "lowmem", "lowmem_ckpt"]
 CUDA_VARIANTS = ["eager", "fast", "fast_ckpt", "lowmem_ckpt", "amp_bf16", "amp_fp16"]
-#: ``<eager|fast|lowmem|compile>[_ckpt[_l<levels>]]``: ``lowmem`` is ``fast`` + in-place norm+act, ``compile`` is
+#: ``<eager|fast|lowmem|compile>[_ckpt[_l<levels>]]``: ``lowmem`` is ``fast`` + in-place norm+act in channels-last
+#: layout (``optimize_for_training(inplace_norm_act=True, channels_last=True)``), ``compile`` is
 #: ``fast`` + ``torch.compile`` (forward and backward; compiled in the warm-up step); ``_l<N>`` checkpoints
 #: only the N finest resolution levels (default all); ``amp_*`` are ``fast`` under autocast.
 VARIANT_RE = re.compile(r"(?P<base>eager|fast|lowmem|compile)(?P<ckpt>_ckpt(?:_l(?P<levels>[1-9]))?)?|amp_bf16|amp_fp16")
@@ -72,7 +73,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     model = UniSeg(cfg).to(device).train()
     m = VARIANT_RE.fullmatch(variant)
     if m["base"] != "eager":
-        optimize_for_training(model, inplace_norm_act=m["base"] == "lowmem", compile=m["base"] == "compile")
+        optimize_for_training(model, inplace_norm_act=m["base"] == "lowmem", channels_last=m["base"] == "lowmem",
+                              compile=m["base"] == "compile")
     if m["ckpt"]:
         levels = int(m["levels"]) if m["levels"] else None
         set_grad_checkpointing(model, True, levels=levels)

@@ -34,7 +34,15 @@ def sphere_case(name: str, shape=(36, 72, 72), centre=(18, 36, 36), radius=10, s
 def run(output_dir: str | os.PathLike, batch_size: int, *, epochs: int = 2, resume: bool = False, on_epoch_end=None):
     """The run every test compares: augmentation on (rotation, zoom, intensity, mirroring), batch Dice, deep
     supervision, gradient clipping; returns ``(model, TrainResult)``."""
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as every torchrun worker (OMP_NUM_THREADS=1); restored for in-process callers
+    try:
+        return _run(output_dir, batch_size, epochs=epochs, resume=resume, on_epoch_end=on_epoch_end)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(output_dir, batch_size: int, *, epochs: int, resume: bool, on_epoch_end):
     train = [sphere_case("t0", seed=0), sphere_case("t1", seed=1, centre=(16, 30, 40))]
     val = [sphere_case("v0", (32, 64, 64), (16, 32, 32), seed=2), sphere_case("v1", (32, 64, 64), (18, 30, 34), seed=3)]
     torch.manual_seed(0)

@@ -131,11 +131,13 @@ def _saved_storage_bytes(model: UniSeg, x: torch.Tensor) -> int:
     return sum(storages.values())
 
 
-@pytest.mark.parametrize("grad_checkpointing", [False, True])
-def test_inplace_norm_act_matches_float64_gradients(grad_checkpointing):
+@pytest.mark.parametrize("grad_checkpointing,channels_last", [(False, False), (True, False), (True, True)])
+def test_inplace_norm_act_matches_float64_gradients(grad_checkpointing, channels_last):
     torch.manual_seed(0)
     eager = _trained_like_norms(UniSeg(_small_config(deep_supervision=True)).train())
-    lowmem = optimize_for_training(copy.deepcopy(eager), inplace_norm_act=True, grad_checkpointing=grad_checkpointing)
+    lowmem = optimize_for_training(
+        copy.deepcopy(eager), inplace_norm_act=True, grad_checkpointing=grad_checkpointing, channels_last=channels_last
+    )
     n_norms = sum(isinstance(m, nn.InstanceNorm3d) for m in eager.modules())
     assert sum(isinstance(m, InplaceInstanceNormAct) for m in lowmem.modules()) == n_norms
     assert list(lowmem.state_dict()) == list(eager.state_dict())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -148,6 +149,35 @@ def test_resume_equals_uninterrupted_run(tiny_model, tmp_path):
     assert {"checkpoint_latest.pt", "log.csv", "log.json", "curves.png"} <= {p.name for p in out.iterdir()}
     assert len(json.loads((out / "log.json").read_text())["history"]) == 3
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_lean_training_setting_runs_in_the_engine_with_the_same_losses(tmp_path):
+    """``optimize_for_training(channels_last=True, grad_checkpointing=True)`` (the lowest-memory setting of
+    benchmarks/README.md) is a drop-in for ``finetune``: same losses and weights as the plain network.
+
+    A 3-stage backbone with a 4x8x8 bottleneck: the tiny fixture net's 2x2x2 bottleneck amplifies float32
+    rounding so much that even the plain network's fast path ends 72% of the update away from it."""
+    from uniseg_hub import UniSegBackbone, UniSegConfig
+    from uniseg_hub.perf import optimize_for_training
+
+    config = UniSegConfig.btcv(num_classes=2, patch_size=[16, 32, 32], base_num_features=4, input_channels=[1],
+                               pool_op_kernel_sizes=[[1, 2, 2], [2, 2, 2]], conv_kernel_sizes=[[1, 3, 3], [3, 3, 3], [3, 3, 3]])
+    train, val = [_sphere_case("t0", seed=0), _sphere_case("t1", seed=1, centre=(16, 18, 22))], [_sphere_case("v", seed=2)]
+    cfg = TrainConfig(epochs=2, iterations_per_epoch=2, batch_size=2, patch_size=[16, 32, 32], progress=False, seed=3)
+    torch.manual_seed(0)
+    plain = UniSegBackbone(config)
+    initial = copy.deepcopy(plain.state_dict())
+    lean = optimize_for_training(copy.deepcopy(plain), channels_last=True, grad_checkpointing=True)
+    ref = finetune(plain, train, val, cfg.replace(output_dir=str(tmp_path / "a")))
+    out = finetune(lean, train, val, cfg.replace(output_dir=str(tmp_path / "b")))
+    ref_losses, losses = [h["train_loss"] for h in ref.history], [h["train_loss"] for h in out.history]
+    assert max(abs(a - b) / abs(a) for a, b in zip(ref_losses, losses)) <= 1e-5  # measured 6e-7
+    ref_state, state = plain.state_dict(), lean.state_dict()
+    assert list(state) == list(ref_state)
+    diff = torch.cat([(state[k] - ref_state[k]).flatten() for k in ref_state])
+    update = torch.cat([(ref_state[k] - initial[k]).flatten() for k in ref_state])
+    assert float(diff.norm() / update.norm()) < 5e-3  # measured 4e-4 (the default-layout fast path: 4e-4 too)
+    assert out.dice == pytest.approx(ref.dice, abs=1e-3)
 
 
 def test_multitask_uniseg_training_feeds_each_case_its_task(tiny_model):

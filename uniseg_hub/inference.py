@@ -431,10 +431,11 @@ class UniSegPredictor:
         channels_last: convert the network and windows to ``torch.channels_last_3d``.
         optimize: rewrite the network **in place** with :func:`uniseg_hub.perf.optimize_for_inference` (group-norm
             instance norm, fused upsample+concat, matmul heads; state-dict keys unchanged, outputs within ~1e-5):
-            the fastest CPU setting measured in ``benchmarks/predict.py``.
+            1.27-1.33x the official loop on CPU at full size (``benchmarks/README.md``).
         compile: compile the network **in place** with :func:`uniseg_hub.perf.try_compile` (one graph, inductor
             freezing; opt-in; falls back to eager, with a warning in the log, if compilation fails). The first
-            window pays the compile time (about 15-25 s on 2 CPU cores); combine with ``optimize``.
+            window pays the compile time (about 15-25 s on 2 CPU cores); with ``optimize`` the fastest CPU setting
+            measured (1.44-1.61x the official loop, lower peak memory).
 
     Example:
         >>> predictor = UniSegPredictor(model, mirror=False)

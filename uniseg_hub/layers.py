@@ -114,7 +114,6 @@ class MultiStemConvNormAct(nn.Module):
         return self.act(self.norm(self.convs[str(c)](x)))
 
 
-
 class GradCheckpointing:
     """Activation-checkpointing settings shared by :class:`~uniseg_hub.encoder.UniSegEncoder` and
     :class:`~uniseg_hub.decoder.UniSegDecoder` (a mixin; ``grad_checkpointing`` stays the timm-style bool).

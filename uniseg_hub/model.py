@@ -207,8 +207,7 @@ class UniSegBackbone(_UniSegBase):
         return UniSegConfig.btcv()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        self.encoder.check_input(x)
-        return self._forward_impl(x)
+        return self._forward_impl(x)  # the encoder checks the input (shape checks only: traceable)
 
     def _forward_impl(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """The network on a checked batch (what :func:`uniseg_hub.perf.try_compile` compiles)."""
