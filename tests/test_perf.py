@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -294,6 +295,25 @@ def test_compiled_network_matches_official_for_every_task_without_recompiling(ti
     assert is_compiled(model)  # did not fall back
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
     assert list(model.state_dict()) == list(UniSeg(tiny_config).state_dict())  # keys unchanged
+
+
+@pytest.mark.skipif(not _HAS_CXX, reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_frozen_network_notices_new_weights(tiny_model, upstream_io, caplog):
+    """Freezing folds the weights into the graph: loading other weights afterwards must not give stale outputs."""
+    torch._dynamo.reset()
+    x = torch.from_numpy(upstream_io["c1_b1_t0/input"])
+    model = optimize_for_inference(copy.deepcopy(tiny_model), compile=True, example_inputs=(x, 0))
+    other = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(1.1)
+    with torch.inference_mode():
+        expected = other(x, 0)
+    model.load_state_dict(other.state_dict())
+    with caplog.at_level(logging.WARNING, logger="uniseg_hub.perf"), torch.inference_mode():
+        out = model(x, 0)
+    assert max_abs(out, expected) <= 1e-4
+    assert "changed after torch.compile froze them" in caplog.text and not is_compiled(model)
 
 
 def test_benchmark_flop_count_matches_analytic_conv_count():

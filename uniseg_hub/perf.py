@@ -275,11 +275,16 @@ class CompiledForward:
     With ``freeze=True``, calls without autograd (``torch.inference_mode`` / ``no_grad``) compile with inductor's
     *freezing*: weights become constants, folded and pre-packed for oneDNN convolutions in ``channels_last``
     layout (the fast CPU path measured in ``benchmarks/forward.py``). Frozen weights are read at the first such
-    call: compile after loading weights, and recompile (call :func:`try_compile` again) after changing them.
+    call, so compile after loading weights. If a parameter or buffer of ``owner`` is modified in place after that
+    (``load_state_dict``, an optimizer step), the frozen graph would be stale: the change is detected (tensor
+    version counters) and the eager forward is used from then on, with a warning.
     """
 
-    def __init__(self, fn: Callable[..., Any], freeze: bool = False, **compile_kwargs: Any) -> None:
-        self.eager, self.freeze = fn, freeze
+    def __init__(
+        self, fn: Callable[..., Any], freeze: bool = False, owner: nn.Module | None = None, **compile_kwargs: Any
+    ) -> None:
+        self.eager, self.freeze, self.owner = fn, freeze, owner
+        self._frozen_versions: list[int] | None = None
         self.compiled: Callable[..., Any] | None = None
         try:
             self.compiled = torch.compile(fn, **compile_kwargs)
@@ -292,6 +297,18 @@ class CompiledForward:
         import torch._inductor.config as inductor_config
 
         freeze = self.freeze and not torch.is_grad_enabled()  # grad mode is a dynamo guard: no stale frozen graph
+        if freeze and self.owner is not None:
+            versions = [t._version for t in (*self.owner.parameters(), *self.owner.buffers())]
+            if self._frozen_versions is None:
+                self._frozen_versions = versions
+            elif versions != self._frozen_versions:
+                log.warning(
+                    "weights of %s changed after torch.compile froze them; using the eager model from now on "
+                    "(compile a fresh model, or call torch._dynamo.reset() and try_compile again)",
+                    type(self.owner).__name__,
+                )
+                self.compiled = None
+                return self.eager(*args, **kwargs)
         try:
             with inductor_config.patch(freezing=True) if freeze else contextlib.nullcontext():
                 return self.compiled(*args, **kwargs)
@@ -324,7 +341,7 @@ def try_compile(
             with torch.inference_mode(not model.training):
                 model(*example_inputs)
         return True
-    compiled = CompiledForward(impl.__get__(model), freeze=freeze, **compile_kwargs)
+    compiled = CompiledForward(impl.__get__(model), freeze=freeze, owner=model, **compile_kwargs)
     model.__dict__["_forward_impl"] = compiled  # an instance attribute shadows the method; not in the state dict
     if example_inputs is not None:
         with torch.inference_mode(not model.training):
