@@ -277,7 +277,8 @@ class CompiledForward:
     layout (the fast CPU path measured in ``benchmarks/forward.py``). Frozen weights are read at the first such
     call, so compile after loading weights. If a parameter or buffer of ``owner`` is modified in place after that
     (``load_state_dict``, an optimizer step), the frozen graph would be stale: the change is detected (tensor
-    version counters) and the eager forward is used from then on, with a warning.
+    version counters; not for weights created under ``inference_mode``, which keep none) and the eager forward
+    is used from then on, with a warning.
     """
 
     def __init__(
@@ -298,7 +299,9 @@ class CompiledForward:
 
         freeze = self.freeze and not torch.is_grad_enabled()  # grad mode is a dynamo guard: no stale frozen graph
         if freeze and self.owner is not None:
-            versions = [t._version for t in (*self.owner.parameters(), *self.owner.buffers())]
+            # (inference tensors, e.g. weights created under inference_mode, keep no version counter)
+            tensors = (*self.owner.parameters(), *self.owner.buffers())
+            versions = [-1 if t.is_inference() else t._version for t in tensors]
             if self._frozen_versions is None:
                 self._frozen_versions = versions
             elif versions != self._frozen_versions:
