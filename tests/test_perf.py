@@ -278,7 +278,7 @@ _HAS_CXX = any(shutil.which(c) for c in ("c++", "g++", "clang++"))
 
 
 @pytest.mark.skipif(not _HAS_CXX, reason="torch.compile on CPU needs a C++ compiler")
-def test_compiled_network_matches_official_for_every_task_without_recompiling(tiny_config, tiny_official_state, upstream_io):
+def test_compiled_network_matches_official_for_two_tasks_with_one_graph(tiny_config, tiny_official_state, upstream_io):
     """One compiled graph (inductor freezing) serves tasks 0 and 7: official outputs within 1e-4, and a single
     compilation for both task ids (the task reaches the graph as a tensor)."""
     torch._dynamo.reset()
