@@ -169,14 +169,12 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     method = spec["method"]
     opts = spec.get("options", {})
     k = net.config.num_classes
-    run_net: Any = net
     if opts.get("optimize"):
         from uniseg_hub.perf import optimize_for_inference
 
         optimize_for_inference(net)
     if opts.get("channels_last"):
         net = net.to(memory_format=torch.channels_last_3d)
-        run_net = net
     if opts.get("compile"):  # as UniSegPredictor(compile=True): one graph, inductor freezing, eager fallback
         from uniseg_hub.perf import try_compile
 
@@ -192,17 +190,17 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         warm = warm.contiguous(memory_format=torch.channels_last_3d)
     t_warm = time.perf_counter()
     with torch.inference_mode(), _autocast_ctx(device, opts.get("amp")):
-        run_net(warm, torch.zeros(warm.shape[0], dtype=torch.long, device=device))
+        net(warm, torch.zeros(warm.shape[0], dtype=torch.long, device=device))
     sync()
     t_warm = time.perf_counter() - t_warm
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0, c0 = time.perf_counter(), time.process_time()
     if method == "naive":
-        probs = naive_predict_3d(run_net, data, spec["patch"], k, 0, spec["step"], mirror, str(device))
+        probs = naive_predict_3d(net, data, spec["patch"], k, 0, spec["step"], mirror, str(device))
     else:
         out = sliding_window_inference(
-            torch.from_numpy(data), spec["patch"], opts.get("sw_batch_size", 1), run_net, overlap=1 - spec["step"],
+            torch.from_numpy(data), spec["patch"], opts.get("sw_batch_size", 1), net, overlap=1 - spec["step"],
             task_id=0, mirror_axes=mirror, device=device, amp_dtype=opts.get("amp"),
             channels_last=bool(opts.get("channels_last")),
         )
