@@ -19,10 +19,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+import torch
+
+from uniseg_hub import PreprocessingConfig
 from uniseg_hub.data import Case
-from uniseg_hub.data.planning import normalize_channel
 from uniseg_hub.demo_data import hemisphere_split, load_volume, nilearn_data_dir
-from uniseg_hub.preprocessing import crop_to_nonzero
+from uniseg_hub.preprocessing import crop_to_nonzero, normalize
 
 __all__ = ["REPO_ROOT", "mni152_file", "tissue_labels", "tissue_cases", "write_nnunet_raw_dataset", "DATASET_LABELS"]
 
@@ -110,6 +112,6 @@ def tissue_cases(spacing: float = 3.0, task_id: int | None = None) -> tuple[list
     for name, img, seg in (("brain_left", li, ll), ("brain_right", ri, rl)):
         cropped, bbox = crop_to_nonzero(img)  # the brain's bounding box, as nnU-Net crops before normalising
         box = tuple(slice(a, b) for a, b in bbox)
-        image = normalize_channel(cropped[0], "MR")[None]
+        image = normalize(torch.from_numpy(cropped), ["MR"], PreprocessingConfig(normalization={"MR": {"scheme": "zscore"}})).numpy()
         cases.append(Case(name, np.ascontiguousarray(image), np.ascontiguousarray(seg[box]), (float(spacing),) * 3, task_id))
     return [cases[0]], [cases[1]]

@@ -2,12 +2,12 @@
 
 What it shows:
     * :func:`uniseg_hub.adapters.from_upstream` with ``strategy="prompt-tuning"``: the network gets one more task
-      (``model.new_task_id``); encoder, fusion, decoder and the old task maps are frozen (the old maps become a
+      (``model.config.default_task``); encoder, fusion, decoder and the old task maps are frozen (the old maps become a
       buffer, so no optimiser can move them); only ``prompt.prompt_new`` and the segmentation heads learn;
     * the load report's ``frozen`` list and the trainable parameter count;
     * :func:`uniseg_hub.training.finetune` on cases of the new task, and the check that every frozen tensor is
       bit-identical after training while the new prompt map moved;
-    * the model still answers the old tasks by id (``model(x, task_id=0)``) and the new one by ``new_task_id``.
+    * the model still answers the old tasks by id (``model(x, task_id=0)``) and the new one by ``model.config.default_task``.
 
 Data: the bundled MNI152 brain at 3 mm, left hemisphere to train, right hemisphere to validate; new task
 ``csf_gm_wm`` (CSF / grey / white matter), weights ``uniseg-demo`` (tasks ``tissue``, ``brain``, ``lobes``).
@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bundled import DATASET_LABELS, tissue_cases  # noqa: E402
 
+from uniseg_hub import TaskSpec  # noqa: E402
 from uniseg_hub.adapters import from_upstream  # noqa: E402
 from uniseg_hub.training import TrainConfig, finetune  # noqa: E402
 from uniseg_hub.training.sampling import crop_with_padding  # noqa: E402
@@ -44,9 +45,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
 
     names = [DATASET_LABELS[str(c)] for c in range(1, len(DATASET_LABELS))]
-    model = from_upstream(args.weights, num_classes=len(DATASET_LABELS), strategy="prompt-tuning",
-                          task_name="csf_gm_wm", modalities=["MR"])
-    tid = model.new_task_id
+    task = TaskSpec("csf_gm_wm", len(DATASET_LABELS), ["MR"], {k: v for k, v in DATASET_LABELS.items() if k != "0"})
+    model = from_upstream(args.weights, task=task, strategy="prompt-tuning")
+    tid = model.config.default_task
     trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
     print(f"new task id {tid} ({model.config.tasks[tid].name}); trainable: {sorted(trainable)} "
           f"= {sum(trainable.values()):,} of {sum(p.numel() for p in model.parameters()):,} parameters; "
@@ -56,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     train, val = tissue_cases(model.config.preprocessing.spacing[0], task_id=tid)
     config = TrainConfig(epochs=args.epochs, iterations_per_epoch=args.iterations, batch_size=2, val_every=args.epochs,
                          output_dir=args.out_dir, device="cpu", progress=False, amp=False, sw_batch_size=4)
-    result = finetune(model, train, val, config, class_names=names)
+    result = finetune(model, train, val, config)
 
     after = model.state_dict()
     changed = sorted(k for k in after if not torch.equal(before[k], after[k]))

@@ -58,13 +58,17 @@ def tiny_model(tiny_config, tiny_official_state) -> UniSeg:
 
 @pytest.fixture(scope="session")
 def upstream_io() -> dict[str, np.ndarray]:
-    with np.load(REF / "tiny_upstream_io.npz") as z:
-        return {k: z[k] for k in z.files}
+    return load_npz(REF / "tiny_upstream_io.npz")
 
 
 @pytest.fixture(scope="session")
 def downstream_io() -> dict[str, np.ndarray]:
-    with np.load(REF / "tiny_downstream_btcv_io.npz") as z:
+    return load_npz(REF / "tiny_downstream_btcv_io.npz")
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` fixture, read into memory (no pickles)."""
+    with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 
 

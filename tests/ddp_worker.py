@@ -19,7 +19,7 @@ import torch
 
 from uniseg_hub.adapters import from_upstream
 from uniseg_hub.data import Case
-from uniseg_hub.training import TrainConfig, finetune
+from uniseg_hub.training import AugmentationConfig, TrainConfig, finetune
 
 TINY_MODEL = Path(__file__).parent / "fixtures" / "uniseg_reference" / "tiny_upstream.model"
 
@@ -48,9 +48,9 @@ def _run(output_dir, batch_size: int, *, epochs: int, resume: bool, on_epoch_end
     torch.manual_seed(0)
     model = from_upstream(TINY_MODEL, num_classes=2)
     cfg = TrainConfig(epochs=epochs, iterations_per_epoch=2, batch_size=batch_size, patch_size=[32, 64, 64],
-                      rotation_prob=0.5, scale_prob=0.5, intensity_prob=0.5, lr=0.05, val_every=epochs, progress=False, seed=3,
-                      device="cpu", output_dir=str(output_dir))
-    result = finetune(model, train, val, cfg, resume=resume, on_epoch_end=on_epoch_end)
+                      augmentation=AugmentationConfig(p_rot=0.5, p_scale=0.5, p_noise=0.5, p_gamma=0.5, p_contrast=0.5),
+                      lr=0.05, val_every=epochs, progress=False, seed=3, device="cpu", output_dir=str(output_dir))
+    result = finetune(model, train, val, cfg, resume=resume, overwrite=not resume, on_epoch_end=on_epoch_end)
     return model, result
 
 

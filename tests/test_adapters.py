@@ -64,7 +64,7 @@ def test_official_transfer_reproduces_fixture(source, tiny_model, downstream_io)
 
 def test_keep_prompt_adds_a_task_and_keeps_old_tasks(tiny_model, upstream_io):
     model = from_upstream(tiny_model, num_classes=6, strategy="keep-prompt")
-    assert isinstance(model, UniSeg) and model.num_tasks == 12 and model.new_task_id == 11
+    assert isinstance(model, UniSeg) and model.num_tasks == 12 and model.config.default_task == 11
     assert model.num_classes == 6 and model.config.tasks[11].num_classes == 6
     assert all(p.requires_grad for p in model.parameters())
     rep = model.load_report
@@ -78,7 +78,7 @@ def test_keep_prompt_adds_a_task_and_keeps_old_tasks(tiny_model, upstream_io):
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.from_numpy(upstream_io["c1_b1_t0/input"])
-    _sgd_step(model, x, task=model.new_task_id)
+    _sgd_step(model, x, task=model.config.default_task)
     after = model.state_dict()
     for key in ("prompt.prompt", "prompt.fusion.0.conv.weight", "encoder.stages.0.0.convs.1.weight", "decoder.heads.4.weight"):
         assert not torch.equal(before[key], after[key]), key
@@ -95,7 +95,7 @@ def test_prompt_tuning_trains_only_new_prompt_and_heads(tiny_model, upstream_io,
     x = torch.from_numpy(upstream_io["c1_b1_t0/input"])
     model.set_deep_supervision(True)  # every head takes part
     for _ in range(2):  # the prompt starts at zero: the second step moves it through the grown fusion layer
-        _sgd_step(model, x, task=model.new_task_id, lr=1.0)
+        _sgd_step(model, x, task=model.config.default_task, lr=1.0)
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"prompt.prompt"} | {f"decoder.heads.{u}.weight" for u in range(5)}

@@ -42,6 +42,13 @@ def test_btcv_layout_end_to_end(tmp_path):
     md = (tmp_path / "out" / "benchmark.md").read_text()
     assert "| spleen |" in md and "| **mean** |" in md and "from_scratch" in md
     assert (tmp_path / "out" / "pretrained" / "checkpoint_latest.pt").is_file()
+    assert result["runs"]["pretrained"]["model_dir"] == str(tmp_path / "out" / "pretrained" / "final")
+    assert result["runs"]["pretrained"]["validation"].startswith("UniSegPredictor on the raw files")
+    from uniseg_hub import from_pretrained
+
+    loaded = from_pretrained(tmp_path / "out" / "from_scratch")  # a run folder loads its final/ model
+    assert loaded.config.tasks[0].name == "BTCV" and loaded.config.tasks[0].class_names == result["classes"]
+    assert loaded.config.preprocessing.spacing == pytest.approx([6.0, 6.0, 6.0])
     assert (tmp_path / "out" / "from_scratch" / "log.json").is_file()
 
 
@@ -56,7 +63,7 @@ def test_vs_layout_through_the_cli(tmp_path, caplog):
     result = json.loads((out / "benchmark.json").read_text())
     assert result["dataset"] == "VS" and result["classes"] == ["vestibular schwannoma"]
     assert result["cases"] == {"train": train[:1], "val": val[:1]}
-    assert result["plan"]["modalities"] == ["MR"] and result["plan"]["intensity"] == [None]
+    assert list(result["plan"]["normalization"]) == ["MR"] and result["plan"]["normalization"]["MR"]["scheme"] == "zscore"
     assert list(result["runs"]) == ["pretrained"]
 
 
@@ -95,9 +102,10 @@ def test_from_scratch_baseline_is_the_same_architecture_at_random_init(strategy)
     from uniseg_hub.commands.benchmark import _fresh_copy
 
     pre = from_upstream(str(TINY_MODEL), num_classes=14, in_channels=1, strategy=strategy)
-    fresh = _fresh_copy(pre)
-    assert type(fresh) is type(pre) and fresh.config.to_dict() == pre.config.to_dict()
-    assert getattr(fresh, "new_task_id", None) == getattr(pre, "new_task_id", None)
+    fresh = _fresh_copy(pre, seed=0)
+    assert type(fresh) is type(pre) and fresh.config.replace(provenance={}) == pre.config.replace(provenance={})
+    assert fresh.config.provenance["transfer"]["strategy"].startswith("from scratch")
+    assert fresh.config.default_task == pre.config.default_task and fresh.config.tasks == pre.config.tasks
     a, b = pre.state_dict(), fresh.state_dict()
     assert a.keys() == b.keys()
     key = "encoder.stages.1.0.conv.weight"  # a pretrained (matched) tensor

@@ -1,4 +1,5 @@
-"""Readers (BTCV, VS, nnU-Net raw), nnU-Net v1 planning and preprocessing, on real scans (nilearn's MNI152).
+"""Readers (BTCV, VS, nnU-Net raw), tasks of a data folder, and planning + preprocessing of the benchmark
+layouts, on real scans (nilearn's MNI152). nnU-Net v1 rules and the peers are tested in test_preprocessing.py.
 
 The data sets are tiny: the MNI152 2009a T1 subsampled to 5-6 mm, with a grey/white-matter label map from its
 probability maps, written to a tmp folder in each public layout.
@@ -13,20 +14,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from uniseg_hub.data import (
-    DatasetPlan,
-    btcv_cases,
-    intensity_properties,
-    load_cases,
-    nnunet_raw_cases,
-    normalize_channel,
-    plan_dataset,
-    preprocess_case,
-    target_spacing,
-    vs_cases,
-)
-from uniseg_hub.data.planning import use_mask_for_norm
+from scipy.ndimage import binary_fill_holes
+
+from uniseg_hub.config import PreprocessingConfig
+from uniseg_hub.data import btcv_cases, nnunet_raw_cases, vs_cases
 from uniseg_hub.demo_data import nilearn_data_dir
+from uniseg_hub.preprocessing import benchmark_task, load_downstream, nnunet_raw_task, preprocess_case
 
 NILEARN = nilearn_data_dir()
 pytestmark = pytest.mark.skipif(NILEARN is None, reason="nilearn's bundled MNI152 data is not installed")
@@ -112,94 +105,74 @@ def test_nnunet_raw_layout(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Planning (analytic cases of nnU-Net v1's rules)
+# Tasks of a data folder
 # ---------------------------------------------------------------------------------------------------------------
-def test_target_spacing_median_and_anisotropic_rule():
-    assert target_spacing([[1, 1, 1], [2, 2, 2], [4, 4, 4]], [[100] * 3] * 3) == [2, 2, 2]
-    # coarse z (5 mm vs 0.8 mm) with few slices: z takes the 10th percentile of its spacings
-    sp = [[5.0, 0.8, 0.8], [1.0, 0.8, 0.8], [5.0, 0.7, 0.7]]
-    assert target_spacing(sp, [[30, 512, 512]] * 3) == pytest.approx([1.0 + 0.2 * 4.0, 0.8, 0.8])
-    # anisotropic spacing but as many slices as in-plane voxels: plain median
-    assert target_spacing(sp, [[512, 512, 512]] * 3) == [5.0, 0.8, 0.8]
-    # the 10th percentile is never finer than the in-plane spacing
-    assert target_spacing([[5.0, 1, 1], [0.5, 1, 1], [6, 1, 1], [7, 1, 1]] * 2, [[20, 400, 400]] * 8) == pytest.approx([1.00001, 1, 1], abs=1e-7)
+def test_nnunet_raw_task_from_dataset_json(tmp_path):
+    meta = {"name": "Task099_Toy", "modality": {"1": "FLAIR", "0": "T1"}, "labels": {"0": "background", "3": "b", "1": "a"}}
+    (tmp_path / "dataset.json").write_text(json.dumps(meta))
+    task = nnunet_raw_task(tmp_path)
+    assert (task.name, task.num_classes, task.modalities, task.label_values) == ("Task099_Toy", 3, ["T1", "FLAIR"], [0, 1, 3])
+    # nnU-Net v2 spelling: channel_names, labels name -> value; no name: the folder's
+    (tmp_path / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1}}))
+    task = nnunet_raw_task(tmp_path)
+    assert (task.name, task.labels, task.modalities) == (tmp_path.name, {"1": "liver"}, ["CT"])
+    for bad, match in (({"modality": {"0": "CT"}}, "no 'labels' entry"), ({"labels": {"0": "bg", "1": "a"}}, "no 'modality' entry"),
+                       ({"modality": {"0": "CT"}, "labels": {"0": "background"}}, "no foreground label"),
+                       ({"modality": {"1": "CT"}, "labels": {"0": "bg", "1": "a"}}, "channel numbers 0..0")):
+        (tmp_path / "dataset.json").write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=match):
+            nnunet_raw_task(tmp_path)
+    (tmp_path / "dataset.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no dataset.json"):
+        nnunet_raw_task(tmp_path)
 
 
-def test_intensity_properties_and_ct_normalisation():
-    rng = np.random.default_rng(0)
-    a, b = rng.normal(100, 20, 5000), rng.normal(50, 10, 3000)
-    props = intensity_properties([a, b])
-    v = np.concatenate([a, b])
-    assert props["mean"] == pytest.approx(v.mean()) and props["sd"] == pytest.approx(v.std())
-    assert props["percentile_00_5"] == pytest.approx(np.percentile(v, 0.5))
-    x = rng.normal(80, 60, (4, 5, 6)).astype(np.float32)
-    expected = (np.clip(x, props["percentile_00_5"], props["percentile_99_5"]) - v.mean()) / v.std()
-    np.testing.assert_allclose(normalize_channel(x, "CT", props), expected, rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="no foreground"):
-        intensity_properties([np.empty(0)])
-
-
-def test_mr_normalisation_and_mask_rule():
-    x = np.zeros((4, 6, 6), np.float32)
-    x[1:3, 2:5, 2:5] = np.arange(18).reshape(2, 3, 3) + 10
-    z = normalize_channel(x, "MR")
-    assert z.mean() == pytest.approx(0, abs=1e-6) and z.std() == pytest.approx(1, abs=1e-4)
-    zm = normalize_channel(x, "MR", mask=x > 0)
-    assert np.all(zm[x == 0] == 0) and zm[x > 0].mean() == pytest.approx(0, abs=1e-6) and zm[x > 0].std() == pytest.approx(1, abs=1e-4)
-    assert not use_mask_for_norm("CT", [0.1]) and use_mask_for_norm("MR", [0.5, 0.6, 0.9]) and not use_mask_for_norm("MR", [0.8, 0.9])
+def test_benchmark_tasks():
+    btcv, vs = benchmark_task("btcv"), benchmark_task("VS")
+    assert (btcv.name, btcv.num_classes, btcv.modalities, btcv.label_values) == ("BTCV", 14, ["CT"], list(range(14)))
+    assert (vs.name, vs.num_classes, vs.modalities) == ("VS", 2, ["MR"])
+    with pytest.raises(ValueError, match="unknown benchmark"):
+        benchmark_task("kits")
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Preprocessing of real scans
+# Planning and preprocessing of real scans in the benchmark layouts
 # ---------------------------------------------------------------------------------------------------------------
-def test_plan_dataset_matches_nnunet_rules_on_real_scans(tmp_path):
-    write_btcv(tmp_path, {1: 5, 2: 6, 3: 6})
-    raw = btcv_cases(tmp_path, ["bcv_1", "bcv_2", "bcv_3"])
-    plan = plan_dataset(raw, ["CT"])
-    assert plan.spacing == pytest.approx([6.0, 6.0, 6.0])  # median of 5, 6, 6 mm
-    # independent truth: every 10th foreground voxel of the (z, y, x) arrays, read with nibabel
-    samples = []
-    for c in raw:
-        img = np.asanyarray(nib.load(c.images[0]).dataobj).transpose(2, 1, 0).astype(np.float64)
-        lab = np.asanyarray(nib.load(c.label).dataobj).transpose(2, 1, 0)
-        samples.append(img[lab > 0][::10])
-    v = np.concatenate(samples)
-    props = plan.intensity[0]
-    assert props["mean"] == pytest.approx(v.mean()) and props["sd"] == pytest.approx(v.std())
-    assert props["percentile_00_5"] == pytest.approx(np.percentile(v, 0.5))
-    assert props["percentile_99_5"] == pytest.approx(np.percentile(v, 99.5))
-    assert plan.use_nonzero_mask == [False]
-    assert DatasetPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
-
-
 def test_preprocess_keeps_voxel_order_crops_and_normalises(tmp_path):
     write_vs(tmp_path, {"vs_gk_54": 6})
     (raw,) = vs_cases(tmp_path, ["vs_gk_54"])
-    plan = DatasetPlan(spacing=[6.0, 6.0, 6.0], modalities=["MR"])  # = source spacing: no resampling
-    case = preprocess_case(raw, plan)
+    plan = PreprocessingConfig(spacing=[6.0, 6.0, 6.0], normalization={"MR": {"scheme": "zscore"}})  # no resampling
+    case = preprocess_case(raw, plan, benchmark_task("vs"))
     img = np.asanyarray(nib.load(raw.images[0]).dataobj).astype(np.float32).transpose(2, 1, 0)  # (z, y, x)
-    lab = np.asanyarray(nib.load(raw.label).dataobj).transpose(2, 1, 0)
+    lab = np.asanyarray(nib.load(raw.label).dataobj).transpose(2, 1, 0).astype(np.int16)
     nz = np.argwhere(img != 0)
     box = tuple(slice(lo, hi + 1) for lo, hi in zip(nz.min(0), nz.max(0)))
-    crop = img[box]
+    crop = img[box].astype(np.float64)
     assert case.image.shape == (1, *crop.shape)
-    np.testing.assert_allclose(case.image[0], (crop - crop.mean()) / crop.std(), atol=1e-4)
-    np.testing.assert_array_equal(case.label, lab[box])
+    np.testing.assert_allclose(case.image[0], (crop - crop.mean()) / crop.std(), atol=1e-5)
+    # outside the (hole-filled) nonzero region background is -1; the brain's labels are kept
+    outside = ~binary_fill_holes(img[box] != 0)
+    assert outside.any()
+    np.testing.assert_array_equal(case.label, np.where(outside & (lab[box] == 0), -1, lab[box]))
     assert case.meta["bbox"] == [[int(b.start), int(b.stop)] for b in box]
     assert case.spacing == (6.0, 6.0, 6.0) and case.meta["spacing"] == pytest.approx([6.0, 6.0, 6.0])
 
 
-def test_preprocess_resamples_to_the_plan_spacing(tmp_path):
-    write_btcv(tmp_path, {1: 3})
-    raw = btcv_cases(tmp_path, ["bcv_1"])
-    plan = plan_dataset(raw, ["CT"])
-    assert plan.spacing == pytest.approx([3.0, 3.0, 3.0])
-    coarse = DatasetPlan(spacing=[6.0, 6.0, 6.0], modalities=["CT"], intensity=plan.intensity)
-    fine, (half,) = preprocess_case(raw[0], plan), load_cases(raw, coarse)
-    for n_fine, n_half in zip(fine.image.shape[1:], half.image.shape[1:]):
-        assert abs(n_half - n_fine / 2) <= 1
-    assert set(np.unique(half.label)) == {0, 1, 2}
+def test_load_downstream_plans_and_resamples(tmp_path):
+    write_btcv(tmp_path, {1: 3, 32: 4})  # train bcv_1 at 3 mm, val bcv_32 at 4 mm
+    data = load_downstream("btcv", tmp_path, max_train=1, max_val=1)
+    assert data.name == "BTCV" and data.num_classes == 14 and data.in_channels == 1 and data.modalities == ["CT"]
+    assert data.task == benchmark_task("btcv") and data.labels[1] == "spleen"
+    assert data.plan.spacing == pytest.approx([3.0, 3.0, 3.0])
+    assert data.plan.normalization["CT"]["scheme"] == "ct" and not data.plan.normalization["CT"]["use_nonzero_mask"]
+    (train,), (val,) = data.train, data.val
+    assert val.spacing == (3.0, 3.0, 3.0)
+    for n_val, n_raw in zip(val.image.shape[1:], val.meta["cropped_shape"]):
+        assert n_val == round(n_raw * 4 / 3)
+    assert set(np.unique(val.label)) <= {-1, 0, 1, 2} and {1, 2} <= set(np.unique(val.label))
     # same tissue fractions at both resolutions (within a few percent)
     for k in (1, 2):
-        assert (half.label == k).mean() == pytest.approx((fine.label == k).mean(), rel=0.1)
-    assert half.image.dtype == np.float32 and half.label.dtype == np.int16
+        assert (val.label == k).mean() == pytest.approx((train.label == k).mean(), rel=0.1)
+    assert val.image.dtype == np.float32 and val.label.dtype == np.int16
+    again = load_downstream("btcv", tmp_path, max_train=1, max_val=1, plan=data.plan)
+    np.testing.assert_array_equal(again.val[0].image, val.image)

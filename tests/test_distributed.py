@@ -17,9 +17,11 @@ import pytest
 import torch
 from monai.losses import DiceCELoss
 
-from uniseg_hub.training import PatchSampler, TrainConfig, load_checkpoint
+from uniseg_hub.training import AugmentationConfig, PatchSampler, load_checkpoint
 from uniseg_hub.training.augment import augment_batch, build_augmentation
-from uniseg_hub.training.distributed import GlobalBatchDiceCELoss, init_distributed
+from uniseg_hub.training.sampling import sampling_patch_size
+from uniseg_hub.training.distributed import init_distributed
+from uniseg_hub.training.losses import DiceCELoss as DiceCELoss_
 
 from . import ddp_worker
 
@@ -28,15 +30,17 @@ WORKER = Path(ddp_worker.__file__)
 
 
 # ---- pieces, in one process ---------------------------------------------------------------------------------------
-def test_global_batch_loss_equals_monai_dice_ce_without_process_group():
+def test_dice_ce_loss_equals_monai_minus_one_with_gradients():
+    """Without a process group the global-batch loss is nnU-Net's DC_and_CE: MONAI's DiceCELoss (with nnU-Net's
+    smoothing) minus the Dice weight, with the same gradients."""
     torch.manual_seed(0)
     logits = torch.randn(3, 4, 6, 8, 8, dtype=torch.float64, requires_grad=True)
     target = torch.randint(0, 4, (3, 1, 6, 8, 8))
     target[1] = 0  # a sample without foreground: batch Dice still counts its predictions
     monai = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True, smooth_nr=1e-5,
-                       smooth_dr=1e-5, lambda_dice=0.7, lambda_ce=1.3)
-    ours = GlobalBatchDiceCELoss(lambda_dice=0.7, lambda_ce=1.3)
-    expected, value = monai(logits, target), ours(logits, target)
+                       smooth_dr=1e-5 + 1e-8, lambda_dice=0.7, lambda_ce=1.3)
+    ours = DiceCELoss_(dice_weight=0.7, ce_weight=1.3, global_batch=True)
+    expected, value = monai(logits, target) - 0.7, ours(logits, target[:, 0])
     assert float(value.detach()) == pytest.approx(float(expected.detach()), abs=1e-12)
     (g_expected,) = torch.autograd.grad(expected, logits)
     (g_value,) = torch.autograd.grad(value, logits)
@@ -47,16 +51,17 @@ def test_rank_slices_draw_exactly_the_single_process_batch():
     rng = np.random.default_rng(0)
     cases = [ddp_worker.sphere_case("a", (20, 40, 40), (10, 20, 20), 6, seed=0),
              ddp_worker.sphere_case("b", (24, 36, 44), (12, 18, 20), 5, seed=1)]
-    sampler = PatchSampler(cases, [16, 32, 32], oversample_foreground=0.5)
-    pipeline = build_augmentation(TrainConfig(rotation_prob=1.0, scale_prob=1.0, intensity_prob=1.0))
+    aug = AugmentationConfig(p_rot=1.0, p_scale=1.0, p_noise=1.0, p_gamma=1.0, p_brightness=1.0)
+    sampler = PatchSampler(cases, [16, 32, 32], oversample_foreground=0.5, sampling_patch_size=sampling_patch_size([16, 32, 32], aug))
+    pipeline = build_augmentation(aug, [16, 32, 32])
     state = rng.bit_generator.state
     whole = sampler.sample(rng, 4)
-    wx, wy = augment_batch(pipeline, whole.images, whole.labels, rng)
+    wx, wy = augment_batch(pipeline, whole.images, whole.labels, rng, patch_size=[16, 32, 32])
     after = rng.bit_generator.state
     for part in (slice(0, 2), slice(2, 4), slice(3, 4)):
         rng.bit_generator.state = state
         batch = sampler.sample(rng, 4, part=part)
-        x, y = augment_batch(pipeline, batch.images, batch.labels, rng, global_batch=4, part=part)
+        x, y = augment_batch(pipeline, batch.images, batch.labels, rng, patch_size=[16, 32, 32], global_batch=4, part=part)
         assert batch.names == whole.names[part]
         assert torch.equal(x, wx[part]) and torch.equal(y, wy[part])
         assert rng.bit_generator.state == after  # every rank's generator stays in step with one process

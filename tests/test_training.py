@@ -13,9 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from uniseg_hub import TaskSpec
 from uniseg_hub.adapters import from_upstream
 from uniseg_hub.data import Case
 from uniseg_hub.training import (
+    AugmentationConfig,
     DeepSupervisionLoss,
     PatchSampler,
     TrainConfig,
@@ -79,13 +81,14 @@ def test_sampler_oversamples_foreground_and_pads_small_volumes():
     rng = np.random.default_rng(0)
     always = PatchSampler([case], [16, 16, 16], oversample_foreground=1.0)
     never = PatchSampler([case], [16, 16, 16], oversample_foreground=0.0)
-    hits_always = np.mean([always.sample(rng, 1).labels.any() for _ in range(40)])
-    hits_never = np.mean([never.sample(rng, 1).labels.any() for _ in range(200)])
+    hits_always = np.mean([(always.sample(rng, 1).labels > 0).any() for _ in range(40)])
+    hits_never = np.mean([(never.sample(rng, 1).labels > 0).any() for _ in range(200)])
     assert hits_always == 1.0 and hits_never < 0.5
     small = PatchSampler([_sphere_case("s", shape=(10, 12, 12), centre=(5, 6, 6), radius=3)], [16, 32, 32])
     b = small.sample(rng, 2)
     assert b.images.shape == (2, 1, 16, 32, 32) and b.labels.shape == (2, 16, 32, 32)
-    assert b.labels.sum() == 2 * (small.cases[0].label.sum())  # the whole volume fits, nothing lost
+    assert (b.labels == 1).sum() == 2 * (small.cases[0].label.sum())  # the whole volume fits, nothing lost
+    assert (b.labels == -1).sum() == 2 * (16 * 32 * 32 - 10 * 12 * 12)  # padding is marked outside (-1)
 
 
 def test_train_config_file_round_trip(tmp_path):
@@ -101,15 +104,15 @@ def test_train_config_file_round_trip(tmp_path):
 
 def test_checkpoint_write_is_atomic(tmp_path):
     path = tmp_path / "ckpt.pt"
-    save_checkpoint(path, {"model": {"w": torch.ones(2)}, "optimizer": {}, "scheduler": {}, "epoch": 1, "rng": {}})
+    save_checkpoint(path, {"trainer": {"model": {"w": torch.ones(2)}}, "epoch": 1, "rng": {}, "history": []})
 
     class Unpicklable:
         def __reduce__(self):
             raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError, match="disk full"):
-        save_checkpoint(path, {"model": {"w": torch.zeros(2)}, "bad": Unpicklable()})
-    assert load_checkpoint(path)["model"]["w"].tolist() == [1.0, 1.0]  # the previous checkpoint survives
+        save_checkpoint(path, {"trainer": {"model": {"w": torch.zeros(2)}}, "bad": Unpicklable()})
+    assert load_checkpoint(path)["trainer"]["model"]["w"].tolist() == [1.0, 1.0]  # the previous checkpoint survives
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]  # no temporary file left behind
 
 
@@ -120,8 +123,8 @@ class _Interrupt(Exception):
 
 def test_resume_equals_uninterrupted_run(tiny_model, tmp_path):
     train, val = [_sphere_case("t0", seed=0), _sphere_case("t1", seed=1, centre=(16, 18, 22))], [_sphere_case("v", seed=2)]
-    cfg = TrainConfig(epochs=3, iterations_per_epoch=2, batch_size=2, patch_size=[32, 32, 32], rotation_prob=0.5,
-                      scale_prob=0.5, intensity_prob=0.5, progress=False, seed=3)
+    cfg = TrainConfig(epochs=3, iterations_per_epoch=2, batch_size=2, patch_size=[32, 32, 32], progress=False, seed=3,
+                      augmentation=AugmentationConfig(p_rot=0.5, p_scale=0.5, p_noise=0.5, p_gamma=0.5, p_lowres=0.5))
 
     def fresh():
         torch.manual_seed(0)
@@ -146,8 +149,9 @@ def test_resume_equals_uninterrupted_run(tiny_model, tmp_path):
     assert resumed.dice == ref.dice
     # the run directory holds what was promised
     out = tmp_path / "b"
-    assert {"checkpoint_latest.pt", "log.csv", "log.json", "curves.png"} <= {p.name for p in out.iterdir()}
-    assert len(json.loads((out / "log.json").read_text())["history"]) == 3
+    assert {"checkpoint_latest.pt", "log.csv", "log.json", "curves.png", "final", "best", "result.json"} <= {p.name for p in out.iterdir()}
+    log = json.loads((out / "log.json").read_text())
+    assert len(log["history"]) == 3 and log["resumed_after_epochs"] == [1]
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -209,10 +213,11 @@ def _mni(mm: int = 3):
 def _mni_finetune(tiny_model, epochs: int):
     train, val = _mni(3)
     torch.manual_seed(0)
-    model = from_upstream(tiny_model, num_classes=3, patch_size=[32, 64, 64])
+    task = TaskSpec("mni_tissue", 3, ["MR"], {"1": "grey matter", "2": "white matter"})
+    model = from_upstream(tiny_model, task=task, patch_size=[32, 64, 64])
     before = evaluate(model, [val], roi_size=[32, 64, 64], hd95=False)
     cfg = TrainConfig(epochs=epochs, iterations_per_epoch=10, batch_size=2, augment=False, val_every=epochs, progress=False)
-    return before, finetune(model, [train], [val], cfg, class_names=["grey matter", "white matter"])
+    return before, finetune(model, [train], [val], cfg)
 
 
 def test_real_data_finetune_raises_validation_dice(tiny_model):
@@ -250,5 +255,6 @@ def test_cli_finetune_on_nnunet_raw_folder(tmp_path):
                  "--batch-size", "1", "--patch-size", "32,32,32", "--no-progress"])
     assert code == 0
     result = json.loads((out / "result.json").read_text())
-    assert result["strategy"] == "official" and result["epochs"] == 1 and "sphere" in result["dice"]
-    assert (out / "checkpoint_latest.pt").is_file()
+    assert result["provenance"]["transfer"]["strategy"] == "official" and result["epochs"] == 1 and "sphere" in result["dice"]
+    assert result["validation"].startswith("UniSegPredictor on the raw files")
+    assert (out / "checkpoint_latest.pt").is_file() and (out / "final" / "model.safetensors").is_file()

@@ -51,7 +51,9 @@ def _check_outputs(model, upstream_io, cases=CASES):
 
 def test_convert_then_from_pretrained_reproduces_official_outputs(converted, upstream_io, tiny_config):
     assert sorted(p.name for p in converted.iterdir()) == ["README.md", "config.json", "model.safetensors"]
-    assert json.loads((converted / "config.json").read_text()) == tiny_config.to_dict()
+    saved = json.loads((converted / "config.json").read_text())
+    assert saved["provenance"]["converted_from"] == "tiny_upstream.model" and saved["provenance"]["epoch"] == 2
+    assert {**saved, "provenance": {}} == tiny_config.to_dict()
     model = from_pretrained(converted)
     assert isinstance(model, UniSeg) and not model.training
     rep = model.load_report

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from timm.models import group_parameters
 from torch import nn
 
-from .config import TaskSpec, UniSegConfig
+from .config import PreprocessingConfig, TaskSpec, UniSegConfig
 from .formats.nnunet_v1 import load_nnunet_v1_checkpoint
 from .model import UniSeg, UniSegBackbone, checkpoint_filter_fn
 from .prompt import UniversalPrompt
@@ -206,32 +206,44 @@ class PromptWithNewTasks(UniversalPrompt):
 # ---------------------------------------------------------------------------------------------------------------
 def from_upstream(
     model_or_weights: Any,
-    num_classes: int,
+    num_classes: int | None = None,
     in_channels: int | None = None,
     strategy: Strategy = "official",
     patch_size: Sequence[int] | None = None,
     *,
+    task: TaskSpec | None = None,
+    plan: PreprocessingConfig | None = None,
     task_name: str = "downstream",
     modalities: Sequence[str] | None = None,
+    seed: int | None = 0,
 ) -> nn.Module:
     """Build a downstream model from the pretrained universal UniSeg.
 
     Args:
         model_or_weights: a :class:`UniSeg`, a hub id / folder (:func:`uniseg_hub.hub.load_state_and_config`),
             or an official ``.model`` checkpoint.
-        num_classes: downstream classes including background (e.g. 14 for BTCV).
-        in_channels: input channels of the downstream data; a count without a pretrained stem gets a new stem
-            adapted from the nearest one (:func:`adapt_stem_weight`).
+        num_classes: downstream classes including background (e.g. 14 for BTCV); default ``task.num_classes``.
+        in_channels: input channels of the downstream data (default: ``len(task.modalities)``); a count without a
+            pretrained stem gets a new stem adapted from the nearest one (:func:`adapt_stem_weight`).
         strategy: ``"official"`` (→ :class:`UniSegBackbone`), ``"keep-prompt"`` or ``"prompt-tuning"``
-            (→ :class:`UniSeg` with one more task; its id is ``model.new_task_id``).
+            (→ :class:`UniSeg` with one more task, ``config.default_task``).
         patch_size: training patch ``(D, H, W)``, a multiple of the network's divisor; default the upstream
             patch. For the prompt strategies the prompt is resized (trilinear) to the new bottleneck size.
-        task_name, modalities: describe the new task of the prompt strategies (``config.tasks``).
+        task: the downstream task — data set name, classes with their label values and names, modalities —
+            recorded in ``model.config.tasks`` (the backbone's only task, or the prompt's new task), so
+            prediction writes the data set's label values and names its classes. Without it a task named
+            ``task_name`` with ``modalities`` (if given) and unnamed classes is recorded.
+        plan: the data set's preprocessing plan (:func:`uniseg_hub.preprocessing.plan_dataset`), stored as
+            ``model.config.preprocessing`` so that training and prediction apply the same one; default: the
+            upstream contract.
+        seed: the new tensors (heads, new prompt map, grown fusion rows) are drawn from this seed, without touching
+            the global RNG (``None``: from the global RNG).
 
     Returns:
         the model (train mode), with ``.load_report``: matched, adapted (trimmed prompt channel, grown prompt and
         fusion, new stem, extended heads), dropped (prompt/fusion/old heads for ``"official"``), random init
-        (the new heads) and, for ``"prompt-tuning"``, ``frozen``.
+        (the new heads) and, for ``"prompt-tuning"``, ``frozen``. ``model.config.provenance["transfer"]`` records
+        the upstream weights, the strategy and the load report.
 
     Example:
         >>> down = from_upstream(upstream, num_classes=14)            # official BTCV transfer
@@ -240,33 +252,59 @@ def from_upstream(
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown transfer strategy {strategy!r}; expected one of {list(STRATEGIES)}")
-    if int(num_classes) < 2:
+    if task is not None:
+        if num_classes is not None and int(num_classes) != task.num_classes:
+            raise ValueError(f"num_classes={num_classes} disagrees with task {task.name!r} ({task.num_classes} classes)")
+        if in_channels is not None and int(in_channels) != len(task.modalities):
+            raise ValueError(f"in_channels={in_channels} disagrees with task {task.name!r} ({len(task.modalities)} modalities {task.modalities})")
+        num_classes, in_channels = task.num_classes, len(task.modalities)
+    elif num_classes is not None:
+        if modalities is not None and in_channels is not None and len(modalities) != int(in_channels):
+            raise ValueError(f"{len(modalities)} modalities {list(modalities)} for in_channels={in_channels}")
+        if modalities is not None:
+            task = TaskSpec(task_name, int(num_classes), list(modalities))
+    if num_classes is None:
+        raise ValueError("from_upstream needs num_classes (background included) or task=TaskSpec(...)")
+    if isinstance(num_classes, bool) or int(num_classes) < 2:
         raise ValueError(f"num_classes counts background too and must be >= 2, got {num_classes}")
+    if task is None:
+        task = TaskSpec(task_name, int(num_classes), ["unknown"] * int(in_channels or 1))
     state, up_cfg, source = load_upstream(model_or_weights)
     if up_cfg.num_tasks < 1 or "prompt.prompt" not in state:
         raise ValueError(f"{source}: expected a universal UniSeg with a prompt (num_tasks >= 1), found num_tasks={up_cfg.num_tasks}")
     cfg, adapted = _add_stem(state, up_cfg, in_channels)
     if patch_size is not None:
         cfg = cfg.replace(patch_size=[int(p) for p in patch_size])
-    if strategy == "official":
-        model = _official(state, cfg, int(num_classes), adapted, source)
-    else:
-        model = _with_new_task(state, cfg, int(num_classes), adapted, source, task_name, modalities, in_channels)
-        if strategy == "prompt-tuning":
-            frozen = [n for n, p in model.named_parameters() if not n.startswith("decoder.heads.")]
-            model.prompt = _split_prompt(model.prompt, model.new_task_id)
-            for name, p in model.named_parameters():
-                p.requires_grad_(name.startswith("decoder.heads.") or name == "prompt.prompt_new")
-            model.load_report.frozen = frozen + [f"prompt.prompt[:, :{model.new_task_id}] (old task maps, buffer)"]
-            _freeze_norm_stats(model, exclude=("decoder.heads",))
-    model.transfer_strategy = strategy
+    if plan is not None:
+        cfg = cfg.replace(preprocessing=plan)
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(int(seed))
+        if strategy == "official":
+            model = _official(state, cfg, task, adapted, source)
+        else:
+            model = _with_new_task(state, cfg, task, adapted, source)
+    if strategy == "prompt-tuning":
+        new_id = model.config.default_task
+        frozen = [n for n, p in model.named_parameters() if not n.startswith("decoder.heads.")]
+        model.prompt = _split_prompt(model.prompt, new_id)
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("decoder.heads.") or name == "prompt.prompt_new")
+        model.load_report.frozen = frozen + [f"prompt.prompt[:, :{new_id}] (old task maps, buffer)"]
+        _freeze_norm_stats(model, exclude=("decoder.heads",))
+    model.config.provenance = {
+        **{k: v for k, v in up_cfg.provenance.items() if k in ("license",)},
+        "transfer": {"upstream": source, "upstream_model": up_cfg.name, "strategy": strategy, "seed": seed,
+                     "load_report": model.load_report.summary()},
+    }
     model.train()
     logger.info("%s", model.load_report.summary())
     return model
 
 
-def _official(state: dict, cfg: UniSegConfig, num_classes: int, adapted: dict, source: str) -> UniSegBackbone:
-    model = UniSegBackbone(cfg.replace(num_tasks=0, tasks=[], num_classes=num_classes, name=f"{cfg.name}_downstream"))
+def _official(state: dict, cfg: UniSegConfig, task: TaskSpec, adapted: dict, source: str) -> UniSegBackbone:
+    model = UniSegBackbone(cfg.replace(num_tasks=0, tasks=[task], default_task=None, num_classes=task.num_classes,
+                                       name=f"{cfg.name}_{task.name}"))
     dropped = [k for k in state if k.startswith(("prompt.", "decoder.heads."))]
     down = {k: v for k, v in state.items() if k not in dropped}
     up = down[_FIRST_UPSAMPLE]
@@ -279,14 +317,16 @@ def _official(state: dict, cfg: UniSegConfig, num_classes: int, adapted: dict, s
     return model
 
 
-def _with_new_task(state: dict, cfg: UniSegConfig, num_classes: int, adapted: dict, source: str,
-                   task_name: str, modalities: Sequence[str] | None, in_channels: int | None) -> UniSeg:
+def _with_new_task(state: dict, cfg: UniSegConfig, task: TaskSpec, adapted: dict, source: str) -> UniSeg:
     t_old, nc_old = cfg.num_tasks, cfg.num_classes
-    tasks = list(cfg.tasks)
-    if tasks:
-        mods = list(modalities) if modalities is not None else ["unknown"] * int(in_channels or 1)
-        tasks.append(TaskSpec(task_name, num_classes, mods))
-    new_cfg = cfg.replace(num_tasks=t_old + 1, tasks=tasks, num_classes=max(nc_old, num_classes))
+    num_classes = task.num_classes
+    tasks = list(cfg.tasks) or [TaskSpec(f"task_{i}", nc_old, ["unknown"]) for i in range(t_old)]
+    names = [t.name for t in tasks]
+    if task.name in names:
+        raise ValueError(f"the upstream model already has a task named {task.name!r}: give the new task another name")
+    tasks.append(task)
+    new_cfg = cfg.replace(num_tasks=t_old + 1, tasks=tasks, num_classes=max(nc_old, num_classes), default_task=t_old,
+                          name=f"{cfg.name}_{task.name}")
     model = UniSeg(new_cfg)
     fresh = model.state_dict()
     new_state = dict(state)
@@ -319,8 +359,6 @@ def _with_new_task(state: dict, cfg: UniSegConfig, num_classes: int, adapted: di
             new_state[key] = _grow(old, base, "fresh")
             adapted[key] = f"{old.shape[0]} -> {base.shape[0]} classes: old class rows kept, new rows He-initialised"
     report = load_with_report(model, new_state, strict=True, source=source, adapted=adapted)
-    model.new_task_id = t_old
-    model.new_task_num_classes = num_classes
     model.load_report = report
     return model
 

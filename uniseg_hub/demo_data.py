@@ -20,9 +20,12 @@ name           image       classes                                              
 =============  ==========  ==================================================================  ===========
 
 Every volume is resampled to the demo spacing (MONAI ``Spacing``: trilinear for images and probability maps,
-nearest for label maps), z-scored (the MR scheme of the preprocessing contract) and split at the mid-sagittal
-plane (world x = 0): **left hemispheres train, right hemispheres validate**, upstream and downstream alike,
-so no validation voxel is ever trained on. Arrays are ``(z, y, x)`` like everywhere in uniseg_hub.
+nearest for label maps) and split at the mid-sagittal plane (world x = 0): **left hemispheres train, right
+hemispheres validate**, upstream and downstream alike, so no validation voxel is ever trained on.
+:func:`write_task_dataset` writes each task as an nnU-Net raw data set (``imagesTr/``, ``labelsTr/``,
+``dataset.json``; raw intensities, the scans' own geometry): from there on the demo uses the library's one
+preprocessing path (:mod:`uniseg_hub.preprocessing`) exactly as a user's data set would, and ``uniseg-hub finetune
+--data FOLDER`` takes the folder too. Arrays are ``(z, y, x)`` like everywhere in uniseg_hub.
 """
 
 from __future__ import annotations
@@ -38,10 +41,14 @@ from typing import Sequence
 import numpy as np
 from monai.transforms import Spacing
 
+import json
+
+import nibabel as nib
+
 from .config import PreprocessingConfig, TaskSpec, UniSegConfig
 from .data.case import Case
-from .preprocessing import crop_to_nonzero
-from .data.preprocess import read_nifti
+from .data.raw import RawCase
+from .preprocessing import load_cases, read_nifti
 
 __all__ = [
     "MRICRON_DIR",
@@ -59,6 +66,8 @@ __all__ = [
     "aal_group_map",
     "hemisphere_split",
     "task_volumes",
+    "write_task_dataset",
+    "task_raw_cases",
     "task_cases",
 ]
 
@@ -193,26 +202,31 @@ def aal_group_map(names: dict[int, str], groups: dict[str, tuple[str, ...]]) -> 
     return lut
 
 
-def hemisphere_split(image: np.ndarray, label: np.ndarray, affine: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """Cut ``(C, z, y, x)`` / ``(z, y, x)`` arrays at world x = 0 → ``((left image, left label), (right ...))``.
+def hemisphere_slices(n: int, affine: np.ndarray) -> tuple[slice, slice]:
+    """Voxel slices ``(left, right)`` of the first voxel axis (world x) of a grid of ``n`` voxels, cut at x = 0.
 
     ``affine`` is the NIfTI (RAS) affine of the ``(x, y, z)`` voxel grid; only axis-aligned grids are supported.
     """
     a = np.asarray(affine, dtype=np.float64)
     if not np.allclose(a[0, 1:3], 0) or a[0, 0] == 0:
         raise ValueError(f"hemisphere_split needs a grid whose first voxel axis is world x (axis-aligned), got affine\n{a}")
-    n = image.shape[-1]
     world_x = a[0, 0] * np.arange(n) + a[0, 3]
     right_mask = world_x >= 0
     cut = int(np.argmax(right_mask)) if a[0, 0] > 0 else int(np.argmax(~right_mask))
-    low, high = (slice(0, cut), slice(cut, n))
-    lo_side_is_left = a[0, 0] > 0
-    left, right = (low, high) if lo_side_is_left else (high, low)
+    low, high = slice(0, cut), slice(cut, n)
+    return (low, high) if a[0, 0] > 0 else (high, low)
+
+
+def hemisphere_split(image: np.ndarray, label: np.ndarray, affine: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Cut ``(C, z, y, x)`` / ``(z, y, x)`` arrays at world x = 0 → ``((left image, left label), (right ...))``
+    (see :func:`hemisphere_slices`)."""
+    left, right = hemisphere_slices(image.shape[-1], affine)
     return (image[..., left], label[..., left]), (image[..., right], label[..., right])
 
 
 def task_volumes(task: str, spacing: float = DEMO_SPACING, mricron: Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The whole-brain image ``(1, z, y, x)`` (z-scored), label ``(z, y, x)`` and affine of one demo task."""
+    """The whole-head image ``(z, y, x)`` (raw intensities), label ``(z, y, x)`` and NIfTI affine of one demo task
+    at ``spacing`` mm."""
     if _SOURCES[task] == "nilearn":
         d = nilearn_data_dir()
         if d is None:
@@ -237,32 +251,78 @@ def task_volumes(task: str, spacing: float = DEMO_SPACING, mricron: Path | None 
             aal, _ = load_volume(d / "aal.nii.gz", spacing, label=True)
             groups = AAL_LOBES if task == "lobes" else AAL_DEEP_GREY
             lab = aal_group_map(aal_names(d / "aal.nii.txt"), groups)[np.clip(aal, 0, None)]
-    # z-score with the statistics of the nonzero bounding box, as the predictor does (it crops to nonzero first,
-    # like nnU-Net v1), so the demo model sees the same intensities in training and in `uniseg-hub predict`
-    _, bbox = crop_to_nonzero(img[None])
-    inside = img[tuple(slice(a, b) for a, b in bbox)].astype(np.float64)
-    image = ((img - inside.mean()) / (inside.std() + 1e-8)).astype(np.float32)[None]
-    return image, lab, aff
+    return img.astype(np.float32), lab, aff
+
+
+def _task_spec(name: str) -> TaskSpec:
+    for t in (*UPSTREAM_TASKS, DOWNSTREAM_TASK):
+        if t.name == name:
+            return t
+    raise ValueError(f"unknown demo task {name!r}; known: {[t.name for t in (*UPSTREAM_TASKS, DOWNSTREAM_TASK)]}")
+
+
+def _save_block(array_zyx: np.ndarray, affine: np.ndarray, x_slice: slice, path: Path, dtype) -> None:
+    """Write the ``x_slice`` block of a ``(z, y, x)`` volume on grid ``affine`` as NIfTI (file order x, y, z)."""
+    aff = np.asarray(affine, dtype=np.float64).copy()
+    aff[:3, 3] = aff[:3, :3] @ np.array([x_slice.start, 0, 0]) + aff[:3, 3]
+    block = np.ascontiguousarray(array_zyx[..., x_slice].transpose(2, 1, 0)).astype(dtype)
+    img = nib.Nifti1Image(block, aff)
+    img.set_qform(aff, code=1)
+    img.set_sform(aff, code=1)
+    nib.save(img, str(path))
+
+
+def write_task_dataset(task: str, root: str | Path, spacing: float = DEMO_SPACING, mricron: Path | None = None) -> tuple[RawCase, RawCase]:
+    """Write one demo task as an nnU-Net raw data set in ``root/<task>/``: the left and the right hemisphere
+    (``<task>_left``, ``<task>_right``; raw intensities at ``spacing`` mm, labels with the task's values) and a
+    ``dataset.json`` naming the classes. Returns ``(left, right)`` as :class:`~uniseg_hub.data.RawCase`."""
+    spec = _task_spec(task)
+    folder = Path(root) / task
+    (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
+    img, lab, aff = task_volumes(task, spacing, mricron)
+    out = []
+    for side, sl in zip(("left", "right"), hemisphere_slices(img.shape[-1], aff)):
+        name = f"{task}_{side}"
+        image_path, label_path = folder / "imagesTr" / f"{name}_0000.nii.gz", folder / "labelsTr" / f"{name}.nii.gz"
+        _save_block(img, aff, sl, image_path, np.float32)
+        _save_block(lab, aff, sl, label_path, np.uint8)
+        out.append(RawCase(name, (image_path,), label_path))
+    meta = {"name": task, "description": f"uniseg_hub demo task {task!r} ({_SOURCES[task]}), one case per hemisphere at {spacing:g} mm",
+            "tensorImageSize": "3D", "modality": {str(i): m for i, m in enumerate(spec.modalities)},
+            "labels": {"0": "background", **spec.labels}, "numTraining": 2,
+            "training": [{"image": f"./imagesTr/{c.name}.nii.gz", "label": f"./labelsTr/{c.name}.nii.gz"} for c in out],
+            "test": []}
+    (folder / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out[0], out[1]
+
+
+def task_raw_cases(tasks: Sequence[str], root: str | Path, spacing: float = DEMO_SPACING,
+                   mricron: Path | None = None) -> tuple[list[RawCase], list[RawCase]]:
+    """:func:`write_task_dataset` for several tasks: ``([left hemispheres], [right hemispheres])``."""
+    pairs = [write_task_dataset(t, root, spacing, mricron) for t in tasks]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 def task_cases(
-    tasks: Sequence[str], spacing: float = DEMO_SPACING, task_ids: Sequence[int | None] | None = None, mricron: Path | None = None
+    tasks: Sequence[str],
+    root: str | Path,
+    config: PreprocessingConfig,
+    spacing: float = DEMO_SPACING,
+    task_ids: Sequence[int | None] | None = None,
+    mricron: Path | None = None,
 ) -> tuple[list[Case], list[Case]]:
-    """Left-hemisphere training cases and right-hemisphere validation cases of several demo tasks.
+    """Left-hemisphere training and right-hemisphere validation cases of several demo tasks, written to ``root``
+    as raw data sets and preprocessed with ``config`` (:func:`uniseg_hub.preprocessing.load_cases`).
 
     Args:
-        tasks: task names (see the module table).
         task_ids: prompt task id per task (``None`` for single-task models); default ``0, 1, ...``.
-
-    Returns:
-        ``(train, val)``: one :class:`Case` per task and hemisphere, ``meta["hemisphere"]`` = ``"left"``/``"right"``.
     """
     task_ids = list(range(len(tasks))) if task_ids is None else list(task_ids)
     train, val = [], []
     for name, tid in zip(tasks, task_ids):
-        image, label, aff = task_volumes(name, spacing, mricron)
-        (li, ll), (ri, rl) = hemisphere_split(image, label, aff)
-        meta = {"task": name, "source": _SOURCES[name], "spacing_mm": spacing}
-        train.append(Case(f"{name}_left", np.ascontiguousarray(li), np.ascontiguousarray(ll), (spacing,) * 3, tid, {**meta, "hemisphere": "left"}))
-        val.append(Case(f"{name}_right", np.ascontiguousarray(ri), np.ascontiguousarray(rl), (spacing,) * 3, tid, {**meta, "hemisphere": "right"}))
+        left, right = write_task_dataset(name, root, spacing, mricron)
+        spec = _task_spec(name)
+        train += load_cases([left], config, spec, task_id=tid)
+        val += load_cases([right], config, spec, task_id=tid)
     return train, val

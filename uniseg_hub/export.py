@@ -53,6 +53,7 @@ from .config import UniSegConfig
 from .encoder import check_volume
 from .model import UniSeg, UniSegBackbone
 from .prompt import as_task_tensor
+from .interop import export_nnunetv2_pretrained, from_dynunet, to_dynunet, to_nnunetv2  # re-exports (MONAI, nnU-Net v2)
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -69,6 +70,10 @@ __all__ = [
     "ExportedModel",
     "load_exported",
     "verify_export",
+    "to_dynunet",
+    "from_dynunet",
+    "to_nnunetv2",
+    "export_nnunetv2_pretrained",
 ]
 
 logger = logging.getLogger(__name__)

@@ -290,6 +290,8 @@ def load_state_and_config(
     """
     raw = str(id_or_path)
     path = Path(raw).expanduser()
+    if path.is_dir() and not (path / WEIGHTS_NAME).is_file():
+        path = _run_folder_model(path)
     if path.is_dir():
         if (path / WEIGHTS_NAME).is_file():
             state, cfg, meta = read_safetensors(path, map_location=map_location)
@@ -304,6 +306,10 @@ def load_state_and_config(
             f"found {sorted(p.name for p in path.iterdir())[:12]}"
         )
     if path.is_file():
+        if path.suffix == ".pt" and path.name.startswith("checkpoint_"):
+            raise CheckpointError(
+                f"{path} is a training checkpoint (for --resume), not a model: load the run's model folder "
+                f"{path.parent / 'final'} (or {path.parent / 'best'}), or the run folder {path.parent} itself")
         if path.suffix == ".safetensors":
             state, cfg, _ = read_safetensors(path, map_location=map_location)
             return state, config or cfg, str(path)
@@ -331,6 +337,19 @@ def load_state_and_config(
         f"cannot resolve weights {raw!r}: it is not an existing file or folder, not a registered name "
         f"({list_pretrained()}), and not a Hugging Face Hub id of the form 'org/name'"
     )
+
+
+def _run_folder_model(path: Path) -> Path:
+    """A fine-tuning run folder (``uniseg_hub.training.finetune``'s output) → its ``final/`` model folder."""
+    final = path / "final"
+    if (final / WEIGHTS_NAME).is_file():
+        return final
+    if (path / "checkpoint_latest.pt").is_file():
+        best = path / "best"
+        hint = f" its best model so far is in {best}," if (best / WEIGHTS_NAME).is_file() else ""
+        raise CheckpointError(f"{path} holds a fine-tuning run that has not finished (no final/ model folder yet):{hint} "
+                              "resume it with `uniseg-hub finetune ... --resume` to finish it")
+    return path
 
 
 def _to(state: dict[str, torch.Tensor], map_location: str | torch.device) -> dict[str, torch.Tensor]:
@@ -408,9 +427,7 @@ def from_pretrained(
     if overrides:
         cfg = cfg.replace(**overrides)
     cls = _model_class_for(cfg, model_cls, source)
-    model = build_and_load(cls, cfg, state, strict=strict, source=source)
-    model.provenance = {"source": source}
-    return model
+    return build_and_load(cls, cfg, state, strict=strict, source=source)
 
 
 def convert_nnunet_v1(

@@ -349,7 +349,7 @@ def check_input(
     config: UniSegConfig,
     image: np.ndarray | torch.Tensor,
     spacing: Sequence[float] | None,
-    task: int | str,
+    task: int | str | None,
     target_spacing: Sequence[float] | None = None,
 ) -> list[str]:
     """Warn (``warnings.warn``) when a raw scan breaks the weights' preprocessing contract; return the messages.
@@ -360,10 +360,10 @@ def check_input(
     Args:
         image: raw ``(C, Z, Y, X)`` intensities (before normalisation).
         spacing: its ``(z, y, x)`` spacing in mm, or ``None`` if unknown.
-        task: task id or name.
+        task: task id or name (``None``: a backbone's only task, or the model's default task).
         target_spacing: the spacing the scan will be resampled to (default ``config.preprocessing.spacing``).
     """
-    t = config.tasks[config.task_index(task)] if config.tasks else None
+    t = config.task_spec(config.resolve_task(task))
     msgs: list[str] = []
     img = torch.as_tensor(image)
     if t is not None and img.shape[0] != len(t.modalities):
@@ -379,7 +379,7 @@ def check_input(
     if t is not None:
         for c, mod in enumerate(t.modalities[: img.shape[0]]):
             lo, hi = float(img[c].min()), float(img[c].max())
-            if mod == "CT" and lo > -200:
+            if mod == "CT" and lo > -200 and config.preprocessing.scheme_for("CT")["scheme"] in ("clip_rescale", "ct"):
                 msgs.append(f"channel {c} is CT for task {t.name!r} but has no values below -200 (min {lo:g}): is it in Hounsfield units (not MR or already normalised)?")
             elif mod != "CT" and lo < -500 and hi > 300:
                 msgs.append(f"channel {c} should be {mod} for task {t.name!r} but looks like CT in Hounsfield units (range {lo:g}..{hi:g})")
@@ -398,13 +398,14 @@ class Prediction:
     Attributes:
         labels: ``(Z, Y, X)`` uint8 label map on the input's voxel grid (nnU-Net order; ``.image`` is file order).
         image: the label map as a NIfTI image with the input's affine.
-        tasks: task ids run; ``probabilities``: task name → ``(K, Z, Y, X)`` float16 (when requested).
+        tasks: task ids run (``[None]`` for a prompt-free backbone); ``probabilities``: task name → ``(K, Z, Y, X)``
+            float16 (when requested).
         warnings: messages from :func:`check_input`.
     """
 
     labels: np.ndarray
     image: Any
-    tasks: list[int]
+    tasks: list[int | None]
     probabilities: dict[str, np.ndarray] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -424,8 +425,9 @@ class UniSegPredictor:
         spacing: target spacing override ``(z, y, x)`` (default ``config.preprocessing.spacing``).
         progress: tqdm bar over windows.
         memory_limit_gb: see :func:`sliding_window_inference`.
-        mirror_axes: axes to mirror when ``mirror`` (default ``(0, 1, 2)``, 8 passes per window; ``(2,)`` is a
-            documented fast mode, see ``benchmarks/README.md``).
+        mirror_axes: axes to mirror when ``mirror`` (default: ``config.mirror_axes``, the axes the weights were trained
+            mirrored along — all three for the upstream weights, 8 passes per window; ``(2,)`` is a documented fast
+            mode, see ``benchmarks/README.md``).
         amp: ``"bf16"`` or ``"fp16"`` autocast for the network (meant for CUDA; an approximate mode: the
             probabilities differ from float32 by the half-precision rounding), ``None`` for float32.
         channels_last: convert the network and windows to ``torch.channels_last_3d``.
@@ -454,7 +456,7 @@ class UniSegPredictor:
         spacing: Sequence[float] | None = None,
         progress: bool = False,
         memory_limit_gb: float | None = None,
-        mirror_axes: Sequence[int] = (0, 1, 2),
+        mirror_axes: Sequence[int] | None = None,
         amp: str | None = None,
         channels_last: bool = False,
         optimize: bool = False,
@@ -477,6 +479,8 @@ class UniSegPredictor:
         if sw_batch_size is None:
             sw_batch_size = 1 if self.device.type == "cpu" else 2
         self.sw_batch_size, self.overlap, self.mirror = sw_batch_size, overlap, mirror
+        if mirror_axes is None:
+            mirror_axes = self.config.mirror_axes
         if any(a not in (0, 1, 2) for a in mirror_axes):
             raise ValueError(f"mirror_axes must be spatial axes among (0, 1, 2), got {tuple(mirror_axes)}")
         self.mirror_axes = tuple(sorted(set(int(a) for a in mirror_axes)))
@@ -507,19 +511,31 @@ class UniSegPredictor:
         return cls(from_pretrained(name_or_path), **kwargs)
 
     # -- helpers ----------------------------------------------------------------------------------------------
-    def resolve_tasks(self, task: int | str, channels: int, modality: str | None = None) -> list[int]:
-        """Task ids to run for ``task`` (an id, a name or ``"all"``) on a ``channels``-channel scan."""
-        if str(task).lower() == "all":
+    def resolve_tasks(self, task: int | str | None, channels: int, modality: str | None = None) -> list[int | None]:
+        """Task ids to run for ``task`` (an id, a name, ``"all"``, or ``None`` for a backbone's only task / the
+        model's default task) on a ``channels``-channel scan; ``[None]`` for a prompt-free backbone."""
+        if isinstance(task, str) and task.lower() == "all":
+            if self.config.is_backbone:
+                raise ValueError("task 'all' merges the tasks of a prompt model; this prompt-free backbone has one task: omit --task")
             return tasks_for_all(self.config, channels, modality)
-        tid = self.config.task_index(task)
-        if self.config.tasks and len(self.config.tasks[tid].modalities) != channels:
-            t = self.config.tasks[tid]
-            raise ValueError(
-                f"task {t.name!r} takes {len(t.modalities)} input file(s) ({', '.join(t.modalities)}), got {channels}"
-            )
+        tid = self.config.resolve_task(task)
+        spec = self.config.task_spec(tid)
+        if spec is not None and "unknown" not in spec.modalities and len(spec.modalities) != channels:
+            what = f"task {spec.name!r}" if tid is not None else f"this model ({spec.name})"
+            raise ValueError(f"{what} takes {len(spec.modalities)} input file(s) ({', '.join(spec.modalities)}), got {channels}")
+        if spec is None and channels not in self.config.input_channels:
+            raise ValueError(f"this model has stems for {self.config.input_channels} input channel(s), got {channels} input file(s)")
         return [tid]
 
-    def check_input(self, image: LoadedImage | np.ndarray | torch.Tensor, task: int | str, spacing: Sequence[float] | None = None) -> list[str]:
+    def _modalities(self, tid: int | None, channels: int) -> list[str]:
+        """The modality of each channel: the task's, else the contract's only modality, else CT."""
+        spec = self.config.task_spec(tid)
+        if spec is not None and "unknown" not in spec.modalities:
+            return list(spec.modalities)
+        known = list(self.config.preprocessing.normalization)
+        return [known[0] if len(known) == 1 else "CT"] * channels
+
+    def check_input(self, image: LoadedImage | np.ndarray | torch.Tensor, task: int | str | None, spacing: Sequence[float] | None = None) -> list[str]:
         """:func:`check_input` with this predictor's config (``image`` may be a :class:`LoadedImage`)."""
         if isinstance(image, LoadedImage):
             image, spacing = image.array, image.spacing
@@ -539,31 +555,36 @@ class UniSegPredictor:
     def predict(
         self,
         inputs: str | os.PathLike | Sequence[str | os.PathLike] | LoadedImage,
-        task: int | str = 0,
+        task: int | str | None = None,
         modality: str | None = None,
         save_probabilities: bool = False,
     ) -> Prediction:
         """Segment one scan given as one file (or DICOM folder) per channel.
 
-        For one task the label values are the task's classes (0..K-1, class restriction then argmax). For
-        ``task="all"`` every task of the modality runs and the results merge into the combined label map
-        (:func:`combined_label_offsets`), later tasks overwriting earlier ones, per-task labels taken from the
-        argmax over all network outputs — exactly the official ``-task_id -1`` behaviour.
+        ``task``: a task id or name of a prompt model, ``"all"``, or ``None`` — a prompt-free backbone's only task
+        (a backbone given a task is an error that says why) or the model's default task (e.g. the new task of a
+        ``keep-prompt`` fine-tune). For one task the label values are the task's own (``TaskSpec.label_values``:
+        a fine-tuned model writes its data set's values), after class restriction and argmax, as the official
+        predictor does since 2023-07-19. For ``task="all"`` every task of the modality runs and the results merge
+        into the combined label map (:func:`combined_label_offsets`), later tasks overwriting earlier ones,
+        per-task labels taken from the argmax over all network outputs — exactly the official ``-task_id -1``.
         """
         image = inputs if isinstance(inputs, LoadedImage) else load_image(inputs)
         task_ids = self.resolve_tasks(task, image.array.shape[0], modality)
         warns = [m for t in task_ids[:1] for m in self.check_input(image, t)]
         tasks = self.config.tasks
-        mods = tasks[task_ids[0]].modalities if tasks else ["CT"] * image.array.shape[0]
+        mods = self._modalities(task_ids[0], image.array.shape[0])
         pre = preprocess(image, mods, self.config.preprocessing, spacing=self.spacing, device=self.device)
         probs_out: dict[str, np.ndarray] = {}
-        if len(task_ids) == 1 and str(task).lower() != "all":
+        if not (isinstance(task, str) and task.lower() == "all"):
             tid = task_ids[0]
             probs = self.predict_preprocessed(pre.data, tid)
-            k = tasks[tid].num_classes if tasks else probs.shape[0]
-            labels, full = restore_labels(probs[:k], pre, return_scores=save_probabilities)
+            spec = self.config.task_spec(tid)
+            k = self.config.task_num_classes(tid) if spec is not None or tid is not None else probs.shape[0]
+            values = spec.label_values if spec is not None else None
+            labels, full = restore_labels(probs[:k], pre, labels=values, return_scores=save_probabilities)
             if full is not None:
-                probs_out[tasks[tid].name if tasks else str(tid)] = full
+                probs_out[spec.name if spec is not None else str(tid)] = full
         else:
             offsets = combined_label_offsets(self.config)
             merged = torch.zeros(pre.data.shape[1:], dtype=torch.uint8, device=self.device)
@@ -585,7 +606,7 @@ class UniSegPredictor:
         self,
         inputs: str | os.PathLike | Sequence[str | os.PathLike] | LoadedImage,
         output: str | os.PathLike,
-        task: int | str = 0,
+        task: int | str | None = None,
         modality: str | None = None,
         save_probabilities: bool = False,
     ) -> Prediction:

@@ -70,13 +70,13 @@ class _UniSegBase(
     def _save_pretrained(self, save_directory: Any) -> None:
         from .formats.safetensors_dir import save_folder  # noqa: PLC0415
 
-        save_folder(self.state_dict(), self.config, save_directory, provenance=getattr(self, "provenance", None))
+        save_folder(self.state_dict(), self.config, save_directory)
 
     def generate_model_card(self, *args: Any, **kwargs: Any) -> Any:
         from .formats.safetensors_dir import model_card  # noqa: PLC0415
 
         n = sum(t.numel() for t in self.state_dict().values())
-        return model_card(self.config, getattr(self, "provenance", None), num_parameters=n)
+        return model_card(self.config, num_parameters=n)
 
     def __init__(self, config: UniSegConfig | None, overrides: Mapping[str, Any]) -> None:
         super().__init__()

@@ -4,7 +4,8 @@ Reads BTCV or VS (public layout or nnU-Net raw layout) with the official split (
 preprocesses it the nnU-Net v1 way, transfers the upstream weights with an adapter strategy, fine-tunes with the
 official recipe (or a JSON override), and, with ``--from-scratch``, trains the same architecture from random
 initialisation with the same recipe. Writes ``benchmark.json`` and ``benchmark.md``: per-class Dice and HD95,
-their means, wall time and peak memory of every run.
+their means, wall time and peak memory of every run; each run's folder (``OUTPUT_DIR/<run>/``) ends with its
+``final/`` model folder, which ``uniseg-hub predict --weights OUTPUT_DIR/<run>`` uses.
 """
 
 from __future__ import annotations
@@ -48,20 +49,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier runs in OUTPUT_DIR")
+    p.add_argument("--channels-last", action="store_true", help="lean training: channels-last + in-place norm (same results)")
+    p.add_argument("--grad-checkpointing", action="store_true", help="lean training: activation checkpointing (less memory)")
     p.set_defaults(func=run)
 
 
-def _fresh_copy(model):
-    """The same architecture as ``model`` (same class and config), randomly initialised, every parameter trainable.
+def _fresh_copy(model, seed: int):
+    """The same architecture as ``model`` (same class and config, so the same task ids and class names), randomly
+    initialised from ``seed``, every parameter trainable."""
+    import torch
 
-    For the prompt strategies this is a :class:`~uniseg_hub.model.UniSeg` with the grown task count whose new task
-    id is the pretrained model's ``new_task_id``."""
     from ..config import UniSegConfig
 
-    fresh = type(model)(UniSegConfig.from_dict(model.config.to_dict()))
-    for attr in ("new_task_id", "new_task_num_classes"):
-        if hasattr(model, attr):
-            setattr(fresh, attr, getattr(model, attr))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = type(model)(UniSegConfig.from_dict(model.config.to_dict()))
+    fresh.config.provenance = {"transfer": {"strategy": "from scratch (random initialisation)", "seed": seed}}
     return fresh
 
 
@@ -76,50 +80,51 @@ def run_benchmark(
     output_dir: str | Path,
     max_train: int | None = None,
     max_val: int | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run the benchmark and write ``benchmark.json`` / ``benchmark.md`` into ``output_dir``.
 
     Args:
         dataset: ``"btcv"`` or ``"vs"``.
-        data_dir: the data folder (see :func:`uniseg_hub.data.load_downstream`).
+        data_dir: the data folder (see :func:`uniseg_hub.preprocessing.load_downstream`).
         weights: upstream UniSeg (instance, hub id, folder or official ``.model``).
         strategy: adapter strategy of :func:`uniseg_hub.adapters.from_upstream`.
-        from_scratch: also train ``type(model)(model.config)`` from random init with the same recipe. For the prompt
-            strategies the scratch baseline is a randomly initialised UniSeg with every parameter trainable.
+        from_scratch: also train the same architecture from random init with the same recipe (for the prompt
+            strategies: a randomly initialised UniSeg with every parameter trainable).
         train_config: :class:`~uniseg_hub.training.TrainConfig` (default: the official recipe); its
             ``output_dir`` is replaced by ``output_dir/<run>``.
         max_train, max_val: use only the first cases of each official list.
 
     Returns:
         the JSON-ready result: ``dataset``, ``strategy``, ``weights``, ``classes``, ``plan``, ``cases``,
-        ``runs`` (per run: ``dice``, ``hd95``, ``mean_dice``, ``mean_hd95``, ``wall_time_s``, ``peak_memory_mb``,
-        ``load_report``).
+        ``runs`` (per run: ``dice``, ``hd95``, ``mean_dice``, ``mean_hd95``, ``validation``, ``wall_time_s``,
+        ``peak_memory_mb``, ``load_report``, ``model_dir``).
     """
     import torch
 
     from ..adapters import from_upstream
-    from ..data import load_downstream
+    from ..preprocessing import load_downstream
     from ..training import TrainConfig, finetune
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = train_config or TrainConfig()
     data = load_downstream(dataset, data_dir, max_train=max_train, max_val=max_val)
-    names = [data.labels[c] for c in range(1, data.num_classes)]
-    model = from_upstream(weights, num_classes=data.num_classes, in_channels=data.in_channels, strategy=strategy,
-                          patch_size=config.patch_size, task_name=dataset, modalities=data.plan.modalities)
+    names = data.task.class_names
+    model = from_upstream(weights, task=data.task, plan=data.plan, strategy=strategy, patch_size=config.patch_size,
+                          seed=config.seed)
     runs: dict[str, Any] = {}
     models = [("pretrained", model)]
     if from_scratch:
-        torch.manual_seed(config.seed)
-        models.append(("from_scratch", _fresh_copy(model)))
+        models.append(("from_scratch", _fresh_copy(model, config.seed)))
     for run_name, net in models:
         logger.info("%s %s: training %s (%d train / %d val cases)", data.name, strategy, run_name, len(data.train), len(data.val))
-        res = finetune(net, data.train, data.val, config.replace(output_dir=str(out / run_name)), class_names=names)
+        res = finetune(net, data.train, data.val, config.replace(output_dir=str(out / run_name)), overwrite=overwrite)
         report = getattr(net, "load_report", None)
         runs[run_name] = {
             "dice": res.dice, "hd95": res.hd95, "mean_dice": res.mean_dice, "mean_hd95": res.mean_hd95,
-            "wall_time_s": res.wall_time_s, "peak_memory_mb": res.peak_memory_mb, "epochs": len(res.history),
+            "validation": res.validation, "wall_time_s": res.wall_time_s, "peak_memory_mb": res.peak_memory_mb,
+            "epochs": len(res.history), "model_dir": res.model_dirs.get("final"),
             "load_report": report.summary() if (report is not None and run_name == "pretrained") else "random initialisation",
         }
     result = {
@@ -154,6 +159,8 @@ def format_markdown(result: dict[str, Any]) -> str:
         f"{len(result['cases']['train'])} training / {len(result['cases']['val'])} validation cases "
         f"(official split); target spacing {result['plan']['spacing']} mm; {result['machine']}.",
         "",
+        f"Validation: {next(iter(runs.values())).get('validation', '')}.",
+        "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
@@ -174,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
     config = train_config_from_args(args)
     out = Path(args.output_dir or f"benchmark_{args.dataset}_{args.strategy}")
     result = run_benchmark(args.dataset, args.data, args.weights, strategy=args.strategy, from_scratch=args.from_scratch,
-                           train_config=config, output_dir=out, max_train=args.max_train, max_val=args.max_val)
+                           train_config=config, output_dir=out, max_train=args.max_train, max_val=args.max_val,
+                           overwrite=args.overwrite)
     for name, r in result["runs"].items():
         logger.info("%s: mean Dice %s, mean HD95 %s mm, %.0f s, %.0f MB", name, _fmt(r["mean_dice"]),
                     _fmt(r["mean_hd95"], 2), r["wall_time_s"], r["peak_memory_mb"])

@@ -12,7 +12,7 @@ __all__ = ["register", "run", "describe"]
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "info",
-        help="describe a checkpoint: official .model, .safetensors, save_pretrained folder, registry name or hub id",
+        help="describe weights: official .model, .safetensors, save_pretrained folder, fine-tuning run folder, registry name or hub id",
         description="Read weights safely (no pickled code runs) and print their network config, tasks, preprocessing "
         "contract and size. Registry names and hub ids are downloaded/cached first.",
     )
@@ -60,6 +60,23 @@ def run(args: argparse.Namespace) -> int:
         "normalise:   " + "; ".join(f"{m}: {s['scheme']}" + (f" [{s['low']}, {s['high']}]" if s["scheme"] == "clip_rescale" else "")
                                     for m, s in cfg["preprocessing"]["normalization"].items()),
     ]
-    lines += [f"task {i:2d}:     {t['name']} ({t['num_classes']} classes, {'+'.join(t['modalities'])})" for i, t in enumerate(cfg["tasks"])]
+    if cfg["num_tasks"] == 0:
+        lines += [f"task:        {t['name']} (prompt-free: no task id; {t['num_classes']} classes, {'+'.join(t['modalities'])}; "
+                  f"labels {t['labels'] or 'unnamed'})" for t in cfg["tasks"]]
+    else:
+        lines += [f"task {i:2d}:     {t['name']} ({t['num_classes']} classes, {'+'.join(t['modalities'])})"
+                  + (" [default]" if cfg.get("default_task") == i else "") for i, t in enumerate(cfg["tasks"])]
+    if cfg["preprocessing"].get("source"):
+        lines.append(f"plan:        {cfg['preprocessing']['source']}")
+    prov = cfg.get("provenance") or {}
+    if "transfer" in prov:
+        t = prov["transfer"]
+        lines.append(f"transfer:    {t.get('strategy')} from {t.get('upstream')}")
+    if "finetuned" in prov:
+        ft = prov["finetuned"]
+        val = ft.get("validation") or {}
+        dice = val.get("mean_dice", val.get("periodic_mean_dice"))
+        lines.append(f"fine-tuned:  {ft.get('dataset')}, {ft.get('epochs')} epochs; validation mean Dice "
+                     f"{dice if dice is None else round(dice, 4)} ({val.get('setting', '')})")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0

@@ -20,8 +20,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="one NIfTI file or DICOM series folder per input channel (e.g. CT then PET)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.nii.gz", help="label map to write")
     p.add_argument("--weights", required=True, metavar="NAME_OR_PATH",
-                   help="registry name, save_pretrained folder or official .model file")
-    p.add_argument("--task", default="0", help="task id, task name (e.g. liver) or 'all' (default 0)")
+                   help="registry name, save_pretrained folder, fine-tuning run folder (loads its final/) or official .model file")
+    p.add_argument("--task", default=None,
+                   help="task id, task name (e.g. liver) or 'all'; omit it for a prompt-free (fine-tuned backbone) model "
+                   "or to use the model's default task (the new task of a keep-prompt / prompt-tuning fine-tune)")
     p.add_argument("--modality", default=None, help="for --task all: modality of the input, e.g. CT, MR or CT,PET")
     p.add_argument("--no-mirror", action="store_true", help="disable test-time mirroring (8x faster)")
     p.add_argument("--step", type=float, default=0.5, help="window step as a fraction of the patch (default 0.5)")
@@ -35,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--preview", default=None, metavar="out.png", help="write a PNG of three orthogonal slices")
     speed = p.add_argument_group("speed (see benchmarks/README.md for measured effects)")
     speed.add_argument("--mirror-axes", default=None, metavar="AXES",
-                       help="mirror only these axes, e.g. 2 or 1,2 (default 0,1,2; a documented fast mode)")
+                       help="mirror only these axes, e.g. 2 or 1,2 (default: the axes the model was trained mirrored along, "
+                       "config.mirror_axes; fewer axes are a documented fast mode)")
     speed.add_argument("--optimize", action="store_true",
                        help="uniseg_hub.perf.optimize_for_inference: same results within 1e-5, faster on CPU")
     speed.add_argument("--compile", action="store_true",
@@ -44,30 +47,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     speed.add_argument("--amp", choices=["bf16", "fp16"], default=None,
                        help="half-precision autocast (meant for CUDA; approximate: probabilities differ slightly)")
     p.set_defaults(func=run)
-
-
-def _load_model(weights: str):
-    """Weights via :func:`uniseg_hub.hub.from_pretrained` (registry name, folder or official ``.model``).
-
-    Without ``uniseg_hub.hub`` only official ``.model`` files can be read (safe reader + key mapping).
-    """
-    try:
-        from ..hub import from_pretrained
-    except ModuleNotFoundError as e:
-        if e.name != f"{__package__.rsplit('.', 1)[0]}.hub":
-            raise
-        from ..formats import load_nnunet_v1_checkpoint
-        from ..model import UniSeg, UniSegBackbone, checkpoint_filter_fn
-
-        if not Path(weights).is_file():
-            raise FileNotFoundError(f"weights file not found: {weights!r} (expected an official .model file)")
-        state, config, _ = load_nnunet_v1_checkpoint(weights)
-        if config is None:
-            raise ValueError(f"{weights!r}: no plans (.model.pkl) next to the checkpoint, cannot build the network")
-        model = (UniSeg if config.num_tasks else UniSegBackbone)(config)
-        model.load_state_dict(checkpoint_filter_fn(state, model), strict=True)
-        return model.eval()
-    return from_pretrained(weights)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--spacing must be three numbers Z,Y,X in mm, got {args.spacing!r}")
     if not 0 < args.step <= 1:
         raise ValueError(f"--step must be in (0, 1], got {args.step}")
-    mirror_axes = (0, 1, 2)
+    mirror_axes = None  # the model's config: the axes it was trained mirrored along
     if args.mirror_axes:
         try:
             mirror_axes = tuple(int(a) for a in args.mirror_axes.split(","))
@@ -95,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--mirror-axes must be axes among 0,1,2 separated by commas, got {args.mirror_axes!r}") from None
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     image = load_image(args.input)  # fail on bad inputs before loading weights
-    model = _load_model(args.weights)
+    from ..hub import from_pretrained
+
+    model = from_pretrained(args.weights)
     predictor = UniSegPredictor(
         model, device=device, sw_batch_size=args.sw_batch_size, overlap=1.0 - args.step, mirror=not args.no_mirror,
         spacing=spacing, progress=True, memory_limit_gb=args.memory_limit_gb, mirror_axes=mirror_axes,
@@ -105,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     result = predictor.predict_file(
         image, args.output, task=task, modality=args.modality, save_probabilities=args.save_probabilities
     )
-    logger.info("wrote %s (tasks %s, labels %s)", args.output, result.tasks, sorted(set(result.labels.ravel().tolist())))
+    tasks = "the model's only task" if result.tasks == [None] else f"tasks {result.tasks}"
+    logger.info("wrote %s (%s, labels %s)", args.output, tasks, sorted(set(result.labels.ravel().tolist())))
     if args.preview:
         save_preview(args.preview, image.array[0], result.labels, spacing=image.spacing)
         logger.info("wrote %s", args.preview)

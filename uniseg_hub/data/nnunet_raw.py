@@ -30,7 +30,8 @@ def nnunet_raw_cases(root: str | Path, names: Sequence[str] | None = None, num_c
     Args:
         root: the folder holding ``imagesTr/`` and ``labelsTr/`` (and usually ``dataset.json``).
         names: cases to return, in this order; default: every case in ``imagesTr``.
-        num_channels: input channels per case; default: ``len(dataset.json["modality"])``, else 1.
+        num_channels: input channels per case; default: ``len(dataset.json["modality"])`` (v2:
+            ``channel_names``), else 1.
 
     Returns:
         One :class:`RawCase` per case with ``images = imagesTr/NAME_0000.nii.gz, ...`` and
@@ -42,7 +43,7 @@ def nnunet_raw_cases(root: str | Path, names: Sequence[str] | None = None, num_c
     root = Path(root)
     meta = read_dataset_json(root) or {}
     if num_channels is None:
-        num_channels = len(meta.get("modality", {})) or 1
+        num_channels = len(meta.get("modality", meta.get("channel_names", {}))) or 1
     if names is None:
         if not (root / "imagesTr").is_dir():
             raise FileNotFoundError(f"no imagesTr/ folder under {root} (layout: {_LAYOUT})")

@@ -60,13 +60,16 @@ def save_folder(
         state_dict: tensors under uniseg_hub key names (``encoder.stages.0.0.convs.1.weight`` ...).
         config: the network's config; stored as ``config.json`` and in the safetensors header.
         provenance: where the weights come from (``source``, ``source_sha256``, ``converted_from``, ``license``,
-            ...); stored in the header and shown on the card.
+            ...), merged into ``config.provenance``; stored in config.json and the header, shown on the card.
 
     Returns:
         The directory.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    if provenance:
+        config = config.replace(provenance={**config.provenance, **dict(provenance)})
+    provenance = config.provenance
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     metadata = {"format": "pt", "uniseg_hub_config": _json_meta(config.to_dict())}
     if provenance:
@@ -129,6 +132,13 @@ def _task_table(config: UniSegConfig) -> str:
         return f"No task list: a prompt-free network with {config.num_classes} output classes." if config.num_tasks == 0 else (
             f"{config.num_tasks} prompt tasks (no names recorded).")
     rows = ["| id | task | classes (incl. background) | input channels | labels |", "| --- | --- | --- | --- | --- |"]
+    if config.num_tasks == 0:
+        rows[0] = "| task | classes (incl. background) | input channels | labels (value: name) |"
+        rows[1] = "| --- | --- | --- | --- |"
+        t = config.tasks[0]
+        labels = ", ".join(f"{k}: {v}" for k, v in t.labels.items())
+        rows.append(f"| {t.name} (prompt-free: no task id) | {t.num_classes} | {' + '.join(t.modalities)} | {labels} |")
+        return "\n".join(rows)
     for i, t in enumerate(config.tasks):
         labels = ", ".join(f"{k}: {v}" for k, v in t.labels.items())
         rows.append(f"| {i} | {t.name} | {t.num_classes} | {' + '.join(t.modalities)} | {labels} |")
@@ -143,17 +153,53 @@ def _preprocessing_text(config: UniSegConfig) -> str:
         f"- patch size (D, H, W): {config.patch_size}; inputs to `UniSeg` must be exactly this size "
         f"(use sliding-window inference for volumes); the backbone takes multiples of {config.divisor}",
     ]
+    if pp.source:
+        lines.insert(0, f"- plan: {pp.source}")
     for mod, spec in pp.normalization.items():
+        mask = " inside the nonzero mask (0 outside)" if spec.get("use_nonzero_mask") else ""
         if spec["scheme"] == "clip_rescale":
             lines.append(f"- {mod}: clip to [{spec['low']}, {spec['high']}] and scale linearly to [0, 1]")
+        elif spec["scheme"] == "ct":
+            lines.append(f"- {mod}: clip to [{spec['low']:.6g}, {spec['high']:.6g}] (data set foreground 0.5/99.5 percentiles), "
+                         f"then (x - {spec['mean']:.6g}) / {spec['sd']:.6g} (foreground mean / sd){mask}")
         else:
-            lines.append(f"- {mod}: z-score per image (subtract mean, divide by standard deviation)")
+            lines.append(f"- {mod}: z-score per image (subtract mean, divide by standard deviation){mask}")
     return "\n".join(lines)
+
+
+def _fmt_dice(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, (int, float)) and v == v else "–"
+
+
+def _provenance_text(prov: Mapping[str, Any]) -> str:
+    """Provenance as Markdown: the transfer and the fine-tuning (recipe, data, validation Dice) get sections."""
+    lines = [f"- {k}: {v}" for k, v in prov.items() if k not in ("license", "finetuned", "transfer")]
+    transfer = prov.get("transfer")
+    if isinstance(transfer, Mapping):
+        lines.append("")
+        lines.append("### Transfer")
+        lines += [f"- {k}: {v}" for k, v in transfer.items()]
+    ft = prov.get("finetuned")
+    if isinstance(ft, Mapping):
+        lines += ["", "### Fine-tuning", f"- data set: {ft.get('dataset')} ({len(ft.get('train_cases') or [])} training cases)",
+                  f"- epochs: {ft.get('epochs')}", f"- made by: {ft.get('made_by')}"]
+        recipe = ft.get("recipe") or {}
+        keys = ("epochs", "iterations_per_epoch", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "poly_exponent",
+                "grad_clip", "batch_dice", "oversample_foreground", "augment", "seed", "layer_decay")
+        lines.append("- recipe: " + ", ".join(f"{k}={recipe[k]}" for k in keys if k in recipe))
+        val = ft.get("validation") or {}
+        if val:
+            lines.append(f"- validation ({val.get('setting', '')}): mean Dice {_fmt_dice(val.get('mean_dice', val.get('periodic_mean_dice')))}"
+                         + (f" on {len(val['cases'])} case(s)" if val.get("cases") else "")
+                         + (f", epoch {val['epoch']}" if "epoch" in val else ""))
+            for name, d in (val.get("dice") or {}).items():
+                lines.append(f"  - {name}: {_fmt_dice(d)}")
+    return "\n".join(lines).strip() or "- not recorded"
 
 
 def model_card(config: UniSegConfig, provenance: Mapping[str, Any] | None = None, *, num_parameters: int | None = None) -> ModelCard:
     """The model card (``README.md``) of a saved UniSeg: architecture, tasks, preprocessing contract, provenance, licence."""
-    prov = dict(provenance or {})
+    prov = {**config.provenance, **dict(provenance or {})}
     lic = prov.get("license") or {}
     if isinstance(lic, str):
         lic = {"license": lic}
@@ -167,7 +213,7 @@ def model_card(config: UniSegConfig, provenance: Mapping[str, Any] | None = None
     )
     kind = "UniSeg (prompt-driven universal segmentation)" if config.num_tasks else "UniSeg backbone (prompt-free encoder-decoder)"
     params = f"{num_parameters:,}" if num_parameters is not None else "see model.safetensors"
-    prov_lines = "\n".join(f"- {k}: {v}" for k, v in prov.items() if k != "license") or "- not recorded"
+    prov_lines = _provenance_text(prov)
     licence_text = (
         f"{lic.get('license', 'other')}"
         + (f" ({lic['license_name']}, {lic['license_link']})" if lic.get("license_name") else "")

@@ -1,6 +1,6 @@
 """Training checkpoints written atomically (temporary file + ``os.replace``) and read with ``weights_only=True``.
 
-A checkpoint holds the model, optimizer, scheduler and grad-scaler state, the epoch, the history, and every
+A checkpoint holds the :class:`~uniseg_hub.training.Trainer` state (model, optimizer, grad scaler, epoch), the epoch, the history, and every
 random state the run uses (the sampling/augmentation generator, torch CPU and CUDA), so ``resume`` continues
 exactly where the run stopped. A process killed while writing leaves the previous checkpoint intact.
 """
@@ -50,7 +50,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint to resume from: {path} does not exist")
     payload = torch.load(path, map_location=map_location, weights_only=True)
-    missing = [k for k in ("model", "optimizer", "scheduler", "epoch", "rng") if k not in payload]
+    missing = [k for k in ("trainer", "epoch", "rng", "history") if k not in payload]
     if missing:
         raise ValueError(f"{path} is not a uniseg_hub training checkpoint: missing {missing}")
     return payload

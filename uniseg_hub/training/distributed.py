@@ -14,7 +14,8 @@ and the same seed (up to float rounding):
 * cross-entropy is a mean over voxels and, without ``batch_dice``, Dice is a mean over samples, so DDP's
   average of the ranks' gradients is the gradient of the single-process loss;
 * with ``batch_dice`` (the official recipe) the Dice statistics (true positives, predicted and reference
-  volumes per class) are summed over all ranks before the Dice is formed (:class:`GlobalBatchDiceCELoss`), so
+  volumes per class) are summed over all ranks before the Dice is formed
+  (:class:`~uniseg_hub.training.losses.DiceCELoss` with ``global_batch=True``), so
   the Dice is the one of the global batch, as in one process;
 * gradient clipping runs after DDP's all-reduce, on identical gradients on every rank.
 
@@ -30,10 +31,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DistributedContext", "init_distributed", "group_context", "GlobalBatchDiceCELoss", "sum_across_ranks"]
+__all__ = ["DistributedContext", "init_distributed", "group_context", "sum_across_ranks"]
 
 logger = logging.getLogger(__name__)
 
@@ -199,33 +199,3 @@ def sum_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         return _SumAcrossRanks.apply(tensor)
     return tensor
-
-
-class GlobalBatchDiceCELoss(nn.Module):
-    """MONAI's ``DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)`` over the
-    global batch of a data-parallel run: the Dice statistics are summed over all ranks before the Dice is formed.
-
-    Without a process group it equals MONAI's loss. Cross-entropy stays this rank's mean (DDP averages it).
-
-    Shapes:
-        ``logits`` ``(B, K, D, H, W)`` with ``K >= 2``; ``target`` ``(B, 1, D, H, W)`` labels in ``0..K-1``.
-    """
-
-    def __init__(self, lambda_dice: float = 1.0, lambda_ce: float = 1.0, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5) -> None:
-        super().__init__()
-        self.lambda_dice, self.lambda_ce = lambda_dice, lambda_ce
-        self.smooth_nr, self.smooth_dr = smooth_nr, smooth_dr
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        k = logits.shape[1]
-        if k < 2 or target.shape[1] != 1 or target.shape[2:] != logits.shape[2:]:
-            raise ValueError(f"expected logits (B, K>=2, *S) and target (B, 1, *S), got {tuple(logits.shape)} and {tuple(target.shape)}")
-        labels = target[:, 0].long()
-        probs = torch.softmax(logits, 1)[:, 1:]
-        onehot = F.one_hot(labels, k).movedim(-1, 1)[:, 1:].to(probs.dtype)
-        dims = [0, *range(2, logits.ndim)]
-        tp = (probs * onehot).sum(dims)
-        stats = sum_across_ranks(torch.stack([tp, probs.sum(dims), onehot.sum(dims)]))
-        tp, fp, fn = stats[0], stats[1] - stats[0], stats[2] - stats[0]  # MONAI compute_tp_fp_fn (ord 1)
-        dice = 1 - (2 * tp + self.smooth_nr) / (2 * (tp + 0.5 * fp + 0.5 * fn) + self.smooth_dr)
-        return self.lambda_dice * dice.mean() + self.lambda_ce * F.cross_entropy(logits, labels)

@@ -1,0 +1,24 @@
+"""Figures without global state: a matplotlib figure on the headless ``Agg`` canvas, saved atomically."""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["new_figure", "save_figure"]
+
+
+def new_figure(ncols: int, nrows: int = 1, width: float = 5.0, height: float = 3.6):
+    """``(figure, axes[nrows][ncols])`` on the ``Agg`` canvas (no display, no pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols, height * nrows), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
+
+
+def save_figure(fig, path: str | os.PathLike) -> None:
+    """Write ``fig`` as PNG atomically (temporary file, then rename)."""
+    tmp = f"{os.fspath(path)}.tmp.png"
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)
