@@ -57,7 +57,7 @@ logger = logging.getLogger("benchmarks.predict")
 
 MNI_T1 = "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 TINY_CHECKPOINT = ROOT / "tests" / "fixtures" / "uniseg_reference" / "tiny_upstream.model"
-DEMO_WEIGHTS = ROOT / "weights" / "uniseg-demo"
+DEMO_WEIGHTS = ROOT / "uniseg_hub" / "registry" / "uniseg-demo"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -399,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--amp", choices=["bf16", "fp16"], help="also time CUDA autocast at --sw-batch-size")
     p.add_argument("--scaling", type=float, nargs="+", default=[1, 2, 4], help="voxel-count factors of --volume")
     p.add_argument("--scan", help="real scan for the fast-mode table (default nilearn's MNI152 T1)")
-    p.add_argument("--fast-weights", help="weights for the fast-mode table (default weights/uniseg-demo, else the tiny fixture)")
+    p.add_argument("--fast-weights", help="weights for the fast-mode table (default uniseg_hub/registry/uniseg-demo, else the tiny fixture)")
     p.add_argument("--fast-task", help="task of the fast-mode table (default 0)")
     p.add_argument("--fast-repeats", type=int, default=1)
     add_common_args(p, repeats=1, warmup=0)

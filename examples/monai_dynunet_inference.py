@@ -2,7 +2,7 @@
 
 What it shows:
     * the paper's transfer of the embedded demo UniSeg to a prompt-free backbone
-      (``from_upstream("weights/uniseg-demo", num_classes=3, strategy="official")``), its heads taken from the demo's
+      (``from_upstream("uniseg-demo", num_classes=3, strategy="official")``), its heads taken from the demo's
       ``tissue`` task so it segments grey and white matter without fine-tuning;
     * :func:`uniseg_hub.interop.to_dynunet` with ``axes="xyz"``: a ``monai.networks.nets.DynUNet`` that takes
       MONAI-loaded ``(B, C, X, Y, Z)`` tensors directly (kernels, strides and weights reversed, exactly), holding the
@@ -17,7 +17,7 @@ What it shows:
       ``models/model.pt``, read back by ``monai.bundle.ConfigParser``.
 
 Inputs: the MNI152 T1 bundled with nilearn (197x233x189 at 1 mm) and its grey/white-matter maps; the demo weights
-in ``weights/uniseg-demo`` (no download).
+in ``uniseg_hub/registry/uniseg-demo`` (package data, no download).
 
 CPU time: about 10 s (2 cores).
 
@@ -39,16 +39,16 @@ from monai.transforms import (Compose, CropForegroundd, EnsureChannelFirstd, Loa
                               SaveImage, Spacingd)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bundled import REPO_ROOT, mni152_file  # noqa: E402
+from _bundled import mni152_file  # noqa: E402
 
 import uniseg_hub  # noqa: E402
 from uniseg_hub.adapters import from_upstream  # noqa: E402
 from uniseg_hub.interop import load_dynunet_bundle, save_dynunet_bundle, to_dynunet  # noqa: E402
 
-DEMO = REPO_ROOT / "weights" / "uniseg-demo"
+DEMO = "uniseg-demo"  # the demo weights' registry name (package data)
 
 
-def tissue_backbone(weights: Path = DEMO) -> uniseg_hub.UniSegBackbone:
+def tissue_backbone(weights: str | Path = DEMO) -> uniseg_hub.UniSegBackbone:
     """The demo UniSeg transferred to a backbone (official strategy) with the ``tissue`` task's heads."""
     upstream = uniseg_hub.from_pretrained(str(weights))
     backbone = from_upstream(str(weights), num_classes=3, strategy="official", task_name="tissue", modalities=["MR"])

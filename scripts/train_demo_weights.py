@@ -1,4 +1,4 @@
-"""Train the small demonstration UniSeg whose weights ship in ``weights/uniseg-demo/`` (run once; output committed).
+"""Train the small demonstration UniSeg whose weights ship as package data in ``uniseg_hub/registry/uniseg-demo/`` (run once; output committed).
 
 Prompt-driven multi-task upstream training, the UniSeg recipe in miniature, through the library's own engine
 (:func:`uniseg_hub.training.finetune`: per-sample task ids, each sample's loss on its own task's output channels,
@@ -15,7 +15,7 @@ This is a demonstration model, not the authors' weights: it knows three brain MR
 
 Usage::
 
-    python scripts/train_demo_weights.py --out weights/uniseg-demo      # ~20 min on 2 CPU cores
+    python scripts/train_demo_weights.py --out uniseg_hub/registry/uniseg-demo      # ~20 min on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ logger = logging.getLogger("train_demo_weights")
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="weights/uniseg-demo", help="folder written with the model's save_pretrained")
+    p.add_argument("--out", default="uniseg_hub/registry/uniseg-demo", help="folder written with the model's save_pretrained")
     p.add_argument("--epochs", type=int, default=120)
     p.add_argument("--iterations", type=int, default=40, help="iterations per epoch")
     p.add_argument("--batch-size", type=int, default=2)
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(args.seed)
             model = UniSeg(config)
+        model.config.provenance["license"] = {"license": "apache-2.0"}  # this project's weights (the card says so)
         run = Path(tmp) / "run"
         result = finetune(model, train, val, recipe.replace(output_dir=str(run)))
         logger.info("trained in %.0f s: validation (right hemispheres, %s) mean Dice %.3f", result.wall_time_s,

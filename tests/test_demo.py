@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -25,6 +27,7 @@ from uniseg_hub.demo_data import (
     nilearn_data_dir,
     task_cases,
 )
+from uniseg_hub.hub import download
 
 NILEARN = nilearn_data_dir()
 MRICRON = mricron_dir()
@@ -34,7 +37,7 @@ def test_data_is_installed():
     """``make test`` installs both (nilearn's MNI152, Debian's mricron-data): a missing one is a failure, not a skip."""
     assert NILEARN is not None, "nilearn's bundled MNI152 is missing: pip install --no-deps nilearn==0.14.1"
     assert MRICRON is not None, "Debian mricron-data is missing: make data (apt-get install mricron-data)"
-    assert (DEFAULT_WEIGHTS / "config.json").is_file()
+    assert (download(DEFAULT_WEIGHTS) / "config.json").is_file()  # package data: registry name -> folder
 
 
 def test_hemisphere_split_follows_world_x():
@@ -166,6 +169,15 @@ def test_run_demo_tiny_budget_nilearn_only(tmp_path):
     for name in ("pretrained", "from_scratch"):
         assert again["runs"][name]["dice"] == res["runs"][name]["dice"]
         assert [h["train_loss"] for h in again["runs"][name]["history"]] == [h["train_loss"] for h in res["runs"][name]["history"]]
+
+
+def test_readme_headline_is_the_committed_record():
+    """README's demo table is the committed multi-seed record's table, line for line (N >= 5 seeds)."""
+    record = json.loads(RECORD.read_text())
+    assert len(record["summary"]["seeds"]) >= 5 and record["budget"] == asdict(DemoBudget())
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = format_seeds_table(record["summary"])
+    assert table in readme, table
 
 
 @pytest.mark.slow

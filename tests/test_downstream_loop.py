@@ -88,13 +88,17 @@ def test_finetune_then_predict_round_trip(dataset, tmp_path, strategy, capsys):
     pred = np.asarray(nib.load(seg).dataobj)
     ref = np.asarray(nib.load(raw[1].label).dataobj)
     assert pred.shape == ref.shape and set(np.unique(pred)) <= {0, 1, 3, 5, 7}  # the data set's label values
+    measured = []
     for value, name in task.labels.items():
         expected = _dice(pred == int(value), ref == int(value))
+        measured.append(f"{name} {expected:.6f} vs {result['dice'][name]:.6f}")
         assert result["dice"][name] == pytest.approx(expected, abs=1e-3, nan_ok=True), name
 
     assert main(["info", str(out)]) == 0
     text = capsys.readouterr().out
     assert "deep_grey" in text and "fine-tuned:" in text and f"transfer:    {strategy}" in text
+    with capsys.disabled():  # shown with -s: Dice from the written NIfTI vs result.json
+        print(f"\n{strategy}: " + "; ".join(measured))
 
 
 def test_backbone_refuses_a_task_and_prompt_model_needs_one(dataset, tmp_path, capsys):

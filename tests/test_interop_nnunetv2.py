@@ -32,7 +32,7 @@ pytest.importorskip("nnunetv2")
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*deprecated:FutureWarning")
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "weights" / "uniseg-demo"
+DEMO = "uniseg-demo"  # registry name of the package-data demo weights
 TISSUE = TaskSpec("tissue", 3, ["MR"], {"1": "grey matter", "2": "white matter"})
 
 
@@ -185,8 +185,8 @@ def stock_prediction(tissue_folder, scan_3mm):
 def test_whole_volume_agreement_with_stock_nnunetv2(tissue_model, stock_prediction):
     """The predictors differ by design: nnU-Net v2 averages window logits in float16 buffers (``torch.half``, on CPU
     too), ours averages float32 probabilities (UniSeg / nnU-Net v1) or, with ``apply_softmax=False``, float32 logits.
-    Measured here (MNI152 at 3 mm, 64x78x66, no mirroring): 99.996% of labels agree with logit averaging, 99.47%
-    with probability averaging; every logit-averaging disagreement is a near-tie (top-2 gap ≤ 0.003, about one
+    Measured here (MNI152 at 3 mm, 64x78x66, no mirroring, the demo weights): 99.989% of labels agree with logit
+    averaging, 99.710% with probability averaging; every logit-averaging disagreement is a near-tie (top-2 gap ≤ 0.003, about one
     float16 step at |logit| ≈ 6)."""
     img, seg = stock_prediction
     pre = preprocess(img, TISSUE.modalities, tissue_model.config.preprocessing)
@@ -199,8 +199,9 @@ def test_whole_volume_agreement_with_stock_nnunetv2(tissue_model, stock_predicti
     labels_l, labels_p = logits.argmax(0).numpy(), probs.argmax(0).numpy()
     agree_l, agree_p = float((labels_l == box).mean()), float((labels_p == box).mean())
     assert len(np.unique(box)) == 3 and (box > 0).mean() > 0.2  # a real segmentation, not an empty map
-    assert agree_l >= 0.9995, agree_l  # measured 0.99996
-    assert 0.99 <= agree_p < agree_l, agree_p  # measured 0.9947
+    print(f"\nlabel agreement with stock nnU-Net v2: {agree_l:.5%} (logit averaging), {agree_p:.5%} (probabilities)")  # -s
+    assert agree_l >= 0.9995, agree_l  # measured 0.99989
+    assert 0.99 <= agree_p < agree_l, agree_p  # measured 0.99710
     top2 = torch.topk(logits, 2, dim=0).values
     gap = (top2[0] - top2[1]).numpy()[labels_l != box]
     assert gap.size == 0 or gap.max() <= 0.01, gap.max()  # near-ties only: float16 rounding

@@ -264,7 +264,7 @@ def test_registry_entries_are_complete():
     assert any("drive.google.com" in u for f in official["files"] for u in f["urls"])
     assert official["num_parameters"] == json.loads((REF / "upstream_full_keys.json").read_text())["num_parameters"]
     demo = registry_entry("uniseg-demo")
-    assert demo["format"] == "safetensors-dir" and demo["path"] == "weights/uniseg-demo"
+    assert demo["format"] == "safetensors-dir" and demo["path"] == "uniseg-demo"
 
 
 @pytest.mark.skipif(not (REGISTRY_DIR / "uniseg-demo" / "model.safetensors").is_file(), reason="demo weights not trained yet")
@@ -272,4 +272,4 @@ def test_demo_weights_load_by_name():
     model = from_pretrained("uniseg-demo")
     assert model.load_report.ok and not model.load_report.random_init
     state, config, source = load_state_and_config("uniseg-demo")
-    assert config == model.config and "weights/uniseg-demo" in source.replace(os.sep, "/")
+    assert config == model.config and "uniseg_hub/registry/uniseg-demo" in source.replace(os.sep, "/")

@@ -30,10 +30,10 @@ from timm.models import group_parameters
 from torch import nn
 
 from .config import PreprocessingConfig, TaskSpec, UniSegConfig
-from .formats.nnunet_v1 import load_nnunet_v1_checkpoint
-from .model import UniSeg, UniSegBackbone, checkpoint_filter_fn
+from .model import UNISEG_FAMILY, UniSeg, UniSegBackbone
 from .prompt import UniversalPrompt
 from .report import LoadReport, load_with_report
+from .weights.loader import load_state_and_config
 
 __all__ = [
     "STRATEGIES",
@@ -61,7 +61,7 @@ _FIRST_UPSAMPLE = "decoder.stages.0.upsample.weight"
 def load_upstream(model_or_weights: Any) -> tuple[dict[str, torch.Tensor], UniSegConfig, str]:
     """The upstream UniSeg as ``(state dict in our keys, config, source)``.
 
-    Accepts a :class:`UniSeg` instance, anything :func:`uniseg_hub.hub.load_state_and_config` accepts (hub id,
+    Accepts a :class:`UniSeg` instance, anything :func:`uniseg_hub.weights.loader.load_state_and_config` accepts (hub id,
     local folder, safetensors ...), or an official nnU-Net v1 ``.model`` file (with its ``.model.pkl``).
     """
     if isinstance(model_or_weights, UniSegBackbone):
@@ -74,20 +74,7 @@ def load_upstream(model_or_weights: Any) -> tuple[dict[str, torch.Tensor], UniSe
         return {k: v.detach().clone() for k, v in m.state_dict().items()}, UniSegConfig.from_dict(m.config.to_dict()), type(m).__name__
     if not isinstance(model_or_weights, (str, os.PathLike)):
         raise TypeError(f"model_or_weights must be a UniSeg, a hub id or a checkpoint path, got {type(model_or_weights).__name__}")
-    path = str(model_or_weights)
-    if path.endswith(".model") and os.path.isfile(path):
-        official, config, _ = load_nnunet_v1_checkpoint(path)
-        if config is None:
-            raise FileNotFoundError(f"{path}: the plans file {path}.pkl is needed to know the network's configuration")
-        template = UniSeg(config)
-        return checkpoint_filter_fn(official, template), config, path
-    try:
-        from .hub import load_state_and_config
-    except ImportError:  # pragma: no cover - hub.py is written concurrently
-        raise FileNotFoundError(
-            f"cannot load {path!r}: expected a UniSeg instance or an official .model file (hub ids need uniseg_hub.hub)"
-        ) from None
-    state, config, source = load_state_and_config(path)
+    state, config, source = load_state_and_config(model_or_weights, family=UNISEG_FAMILY)  # the one official path
     return dict(state), config, str(source)
 
 

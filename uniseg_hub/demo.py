@@ -1,6 +1,7 @@
 """``make demo`` / ``python -m uniseg_hub.demo``: the whole UniSeg cycle in miniature, on real scans, on a CPU.
 
-1. **Upstream** (done once by ``scripts/train_demo_weights.py``, result embedded in ``weights/uniseg-demo/``):
+1. **Upstream** (done once by ``scripts/train_demo_weights.py``, result shipped as package data in
+   ``uniseg_hub/registry/uniseg-demo/``, registry name ``uniseg-demo``):
    a small UniSeg (same architecture family: nnU-Net v1 UNet + universal prompt + fusion layer; 8-64 features,
    3 mm) trained prompt-driven on three tasks: MNI152 grey/white matter, Colin27 brain mask, Colin27 AAL lobes.
 2. **Data**: a task the upstream model never saw, Colin27 deep grey matter (AAL caudate, putamen, pallidum,
@@ -42,9 +43,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .adapters import from_upstream
 from .config import TaskSpec, UniSegConfig
 from .demo_data import DEMO_SPACING, DOWNSTREAM_TASK, UPSTREAM_TASKS, ensure_mricron, write_task_dataset
 from .demo_figures import comparison_preview, learning_curves
+from .inference import UniSegPredictor
+from .preprocessing import load_cases, load_image, load_label, plan_dataset
 from .training import AugmentationConfig, TrainConfig, finetune
 
 __all__ = ["DEFAULT_WEIGHTS", "RECORD", "DemoBudget", "demo_train_config", "downstream_task", "run_demo", "run_seeds",
@@ -53,7 +57,7 @@ __all__ = ["DEFAULT_WEIGHTS", "RECORD", "DemoBudget", "demo_train_config", "down
 logger = logging.getLogger(__name__)
 
 #: The embedded demo weights (written by ``scripts/train_demo_weights.py``).
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "uniseg-demo"
+DEFAULT_WEIGHTS = "uniseg-demo"  # the registry name of the embedded weights (package data)
 #: The committed multi-seed record (``python -m uniseg_hub.demo --seeds 5 --record docs/demo/demo_seeds.json``).
 RECORD = Path(__file__).resolve().parent.parent / "docs" / "demo" / "demo_seeds.json"
 DISCLAIMER = ("uniseg-demo is a DEMONSTRATION model trained on three template brains by "
@@ -65,10 +69,10 @@ RUNS = ("pretrained", "from_scratch")
 class DemoBudget:
     """Training budget shared by both runs: ``epochs`` x ``iterations`` of ``batch_size`` patches."""
 
-    epochs: int = 40
-    iterations: int = 30
+    epochs: int = 20
+    iterations: int = 25
     batch_size: int = 2
-    val_every: int = 5
+    val_every: int = 4
 
 
 def demo_train_config(budget: DemoBudget, output_dir: str | Path | None, seed: int = 0) -> TrainConfig:
@@ -87,17 +91,6 @@ def downstream_task(mricron: Path | None) -> tuple[TaskSpec, str]:
                                  "never seen upstream")
     return UPSTREAM_TASKS[0], ("nilearn-only fallback: MNI152 grey/white matter, one of the upstream tasks "
                                "(shows re-learning new heads, not transfer to a new task)")
-
-
-def _weights(weights: Any) -> Any:
-    """Pass a model or hub id through; check that a weights folder holds what ``save_pretrained`` writes."""
-    if isinstance(weights, torch.nn.Module):
-        return weights
-    path = Path(weights)
-    if (path.is_dir() or path == DEFAULT_WEIGHTS) and not (path / "config.json").is_file():
-        raise FileNotFoundError(f"demo weights not found: expected {path / 'config.json'} and {path / 'model.safetensors'} "
-                                "(written by scripts/train_demo_weights.py; run from a clone of the repository or pass --weights)")
-    return str(weights)
 
 
 def _scratch(pretrained: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -141,9 +134,6 @@ def run_demo(
         run holds the final validation (the run's ``final/`` model through the predictor on the raw right
         hemisphere, Dice on its grid) and its history.
     """
-    from .adapters import from_upstream
-    from .inference import UniSegPredictor
-    from .preprocessing import load_cases, load_image, load_label, plan_dataset
 
     t0 = time.perf_counter()
     budget = budget or DemoBudget()
@@ -160,7 +150,7 @@ def run_demo(
     plan = plan_dataset([left], task.modalities, source=f"nnU-Net v1 plan of the training case {left.name}")
     train, val = load_cases([left], plan, task), load_cases([right], plan, task)
 
-    pretrained = from_upstream(_weights(weights), task=task, plan=plan, strategy="official", seed=seed)
+    pretrained = from_upstream(weights, task=task, plan=plan, strategy="official", seed=seed)
     models = {"pretrained": pretrained, "from_scratch": _scratch(pretrained, seed)}
     image = load_image(right.images)
     reference = load_label(right.label, image)
@@ -276,12 +266,13 @@ def run_seeds(output_dir: str | Path, seeds: Sequence[int], weights: Any = DEFAU
     (out / "demo_seeds.json").write_text(text)
     table = format_seeds_table(summary, f"UniSeg demo — {first['task']} ({first['note']}), {len(results)} seeds")
     (out / "demo_seeds.md").write_text(table + "\n")
-    if record is not None:
+    if record is not None:  # the record names its figures relative to itself (they are copied next to it)
         rec = Path(record)
         rec.parent.mkdir(parents=True, exist_ok=True)
-        rec.write_text(text)
         (rec.parent / "curves_seeds.png").write_bytes(Path(curves).read_bytes())
-        (rec.parent / "preview_seed0.png").write_bytes((out / f"seed{seeds[0]}" / "preview.png").read_bytes())
+        (rec.parent / f"preview_seed{seeds[0]}.png").write_bytes((out / f"seed{seeds[0]}" / "preview.png").read_bytes())
+        rec.write_text(json.dumps(record_data | {"files": ["curves_seeds.png", f"preview_seed{seeds[0]}.png"]},
+                                  indent=2, default=str) + "\n")
     return record_data
 
 
@@ -316,7 +307,7 @@ def format_table(result: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m uniseg_hub.demo", description=__doc__.splitlines()[0])
     p.add_argument("-o", "--output-dir", default="build/demo", help="data, runs, previews, curves and results (default build/demo)")
-    p.add_argument("--weights", default=str(DEFAULT_WEIGHTS), help="upstream demo weights (default: the embedded ones)")
+    p.add_argument("--weights", default=DEFAULT_WEIGHTS, help="upstream demo weights: a registry name, folder or hub id (default: the embedded uniseg-demo)")
     p.add_argument("--epochs", type=int, default=DemoBudget().epochs)
     p.add_argument("--iterations", type=int, default=DemoBudget().iterations, help="iterations per epoch")
     p.add_argument("--seed", type=int, default=0, help="the seed of every random draw (one-seed run)")
@@ -329,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    budget = DemoBudget(epochs=args.epochs, iterations=args.iterations, val_every=max(1, args.epochs // 8))
+    budget = DemoBudget(epochs=args.epochs, iterations=args.iterations, val_every=max(1, args.epochs // 5))
     mricron = None if args.nilearn_only else "auto"
     try:
         if args.seeds is not None:

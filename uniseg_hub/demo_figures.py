@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .plotting import new_figure, save_figure
+from .plotting import epoch_axis, new_figure, save_figure
 
 __all__ = ["CLASS_COLOURS", "comparison_preview", "learning_curves"]
 
@@ -139,8 +139,7 @@ def learning_curves(
     ax_dice.set_ylabel("mean Dice over the classes")
     ax_dice.set_ylim(0, 1)
     for ax in (ax_loss, ax_dice):
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
+        epoch_axis(ax)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="best")
     if title or n_seeds:

@@ -36,7 +36,10 @@ import torch
 from torch import nn
 
 from .config import UniSegConfig
+from .model import UNISEG_FAMILY
+from .perf import optimize_for_inference, try_compile
 from .preprocessing import LoadedImage, labels_to_nifti, load_image, preprocess, restore_labels
+from .weights.loader import load_pretrained
 
 __all__ = [
     "compute_steps",
@@ -471,8 +474,6 @@ class UniSegPredictor:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         if optimize:
-            from .perf import optimize_for_inference
-
             optimize_for_inference(self.model)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last_3d)
@@ -491,8 +492,6 @@ class UniSegPredictor:
         self._gaussian = gaussian_importance_map(self.config.patch_size, device=self.device)
         self._takes_task = self.config.num_tasks > 0 and self._accepts_task(model)
         if compile:
-            from .perf import try_compile
-
             try_compile(self.model, freeze=True, dynamic=False)
 
     @staticmethod
@@ -506,9 +505,7 @@ class UniSegPredictor:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> "UniSegPredictor":
         """Build from weights: a registry name, a ``save_pretrained`` folder or an official ``.model`` file."""
-        from .hub import from_pretrained
-
-        return cls(from_pretrained(name_or_path), **kwargs)
+        return cls(load_pretrained(name_or_path, family=UNISEG_FAMILY), **kwargs)
 
     # -- helpers ----------------------------------------------------------------------------------------------
     def resolve_tasks(self, task: int | str | None, channels: int, modality: str | None = None) -> list[int | None]:

@@ -24,7 +24,9 @@ from torch import nn
 from .config import UniSegConfig
 from .decoder import SegmentationHeads, UniSegDecoder
 from .encoder import UniSegEncoder
+from .formats.safetensors_dir import model_card, save_folder
 from .prompt import UniversalPrompt, as_task_tensor
+from .weights.loader import ModelFamily, load_pretrained
 
 __all__ = [
     "UniSeg",
@@ -35,6 +37,8 @@ __all__ = [
     "create_model",
     "list_models",
     "register_model",
+    "model_class_for",
+    "UNISEG_FAMILY",
 ]
 
 
@@ -48,7 +52,7 @@ class _UniSegBase(
 ):
     """What both networks share: config handling, deep-supervision switch, head reset, timm-style helpers, and
     ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` (huggingface_hub's mixin; loading is strict and
-    goes through :func:`uniseg_hub.hub.from_pretrained`, saving writes ``config.json`` = ``config.to_dict()``,
+    goes through :func:`uniseg_hub.weights.loader.load_pretrained`, saving writes ``config.json`` = ``config.to_dict()``,
     ``model.safetensors`` and a generated model card)."""
 
     encoder: UniSegEncoder
@@ -59,22 +63,16 @@ class _UniSegBase(
                         local_files_only: bool = False, force_download: bool = False, token: Any = None,
                         strict: bool = True, map_location: Any = "cpu", **overrides: Any) -> nn.Module:
         """Load weights (folder, ``.safetensors``, official ``.model``, registry name or Hub id); see
-        :func:`uniseg_hub.hub.from_pretrained`. Mismatched keys raise unless ``strict=False``."""
-        from .hub import from_pretrained  # noqa: PLC0415 (hub imports this module)
-
-        return from_pretrained(pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir,
+        :func:`uniseg_hub.weights.loader.load_pretrained`. Mismatched keys raise unless ``strict=False``."""
+        return load_pretrained(pretrained_model_name_or_path, family=UNISEG_FAMILY, revision=revision, cache_dir=cache_dir,
                                local_files_only=local_files_only, force_download=force_download, token=token,
                                strict=strict, map_location=map_location,
                                model_cls=None if cls is _UniSegBase else cls, **overrides)
 
     def _save_pretrained(self, save_directory: Any) -> None:
-        from .formats.safetensors_dir import save_folder  # noqa: PLC0415
-
         save_folder(self.state_dict(), self.config, save_directory)
 
     def generate_model_card(self, *args: Any, **kwargs: Any) -> Any:
-        from .formats.safetensors_dir import model_card  # noqa: PLC0415
-
         n = sum(t.numel() for t in self.state_dict().values())
         return model_card(self.config, num_parameters=n)
 
@@ -284,6 +282,25 @@ def to_official_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     order = ["intermedia_prompt", "fusion_layer", "conv_blocks_localization", "conv_blocks_context", "tu.", "seg_outputs"]
     rank = {k: next(i for i, p in enumerate(order) if k.startswith(p)) for k in mapped}
     return dict(sorted(mapped.items(), key=lambda kv: rank[kv[0]]))
+
+
+def model_class_for(config: UniSegConfig, model_cls: type[nn.Module] | None, source: str) -> type[nn.Module]:
+    """The class that builds ``config`` (``UniSeg`` when it has a prompt, else ``UniSegBackbone``), or
+    ``model_cls`` after checking that it can hold those weights."""
+    cls = model_cls or (UniSeg if config.num_tasks > 0 else UniSegBackbone)
+    if cls is UniSegBackbone and config.num_tasks > 0:
+        raise ValueError(
+            f"{source} holds an upstream UniSeg ({config.num_tasks} prompt tasks), not a backbone: load it with "
+            "UniSeg.from_pretrained, or transfer it with uniseg_hub.adapters.from_upstream(weights, num_classes=...)"
+        )
+    if cls is UniSeg and config.num_tasks == 0:
+        raise ValueError(f"{source} holds a prompt-free UniSegBackbone; load it with UniSegBackbone.from_pretrained")
+    return cls
+
+
+
+#: The UniSeg model family as the loader (:mod:`uniseg_hub.weights.loader`) needs it: class choice and key filter.
+UNISEG_FAMILY = ModelFamily(model_class_for=model_class_for, filter_fn=checkpoint_filter_fn)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["new_figure", "save_figure"]
+__all__ = ["new_figure", "save_figure", "epoch_axis"]
 
 
 def new_figure(ncols: int, nrows: int = 1, width: float = 5.0, height: float = 3.6):
@@ -22,3 +22,12 @@ def save_figure(fig, path: str | os.PathLike) -> None:
     tmp = f"{os.fspath(path)}.tmp.png"
     fig.savefig(tmp, format="png")
     os.replace(tmp, path)
+
+
+def epoch_axis(ax) -> None:
+    """An x axis of epochs: labelled, whole-number ticks, a light grid."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)

@@ -181,7 +181,8 @@ def _provenance_text(prov: Mapping[str, Any]) -> str:
         lines += [f"- {k}: {v}" for k, v in transfer.items()]
     ft = prov.get("finetuned")
     if isinstance(ft, Mapping):
-        lines += ["", "### Fine-tuning", f"- data set: {ft.get('dataset')} ({len(ft.get('train_cases') or [])} training cases)",
+        title = "Fine-tuning" if isinstance(transfer, Mapping) else "Training (from random initialisation)"
+        lines += ["", f"### {title}", f"- data set: {ft.get('dataset')} ({len(ft.get('train_cases') or [])} training cases)",
                   f"- epochs: {ft.get('epochs')}", f"- made by: {ft.get('made_by')}"]
         recipe = ft.get("recipe") or {}
         keys = ("epochs", "iterations_per_epoch", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "poly_exponent",

@@ -163,7 +163,7 @@ def to_dynunet(model: nn.Module, in_channels: int | None = None, *, axes: Axes =
         the DynUNet (float32, CPU, in ``model``'s train/eval mode). Its ``eval()`` logits equal ``model``'s.
 
     Example:
-        >>> net = to_dynunet(from_upstream("weights/uniseg-demo", num_classes=3)).eval()    # doctest: +SKIP
+        >>> net = to_dynunet(from_upstream("uniseg-demo", num_classes=3)).eval()    # doctest: +SKIP
         >>> net(torch.zeros(1, 1, 32, 48, 32)).shape                                       # doctest: +SKIP
         torch.Size([1, 3, 32, 48, 32])
     """

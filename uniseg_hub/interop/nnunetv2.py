@@ -48,7 +48,9 @@ import torch
 from torch import nn
 
 from ..config import TaskSpec, UniSegConfig
-from ..model import UniSeg, UniSegBackbone
+from ..adapters import from_upstream
+from ..model import UNISEG_FAMILY, UniSeg, UniSegBackbone
+from ..weights.loader import load_pretrained
 from .common import BackboneLayout, check_backbone, require, resolve_in_channels, sub_state
 
 __all__ = [
@@ -450,14 +452,7 @@ def export_nnunetv2_pretrained(weights: Any, out_dir: str | os.PathLike, *, in_c
         modalities: one modality per channel (picks the normalisation of ``<plans_name>.json``).
         dataset_plans: an nnU-Net v2 plans file to add ``configuration`` to (in place).
     """
-    from ..adapters import from_upstream
-
-    if isinstance(weights, nn.Module):
-        model = weights
-    else:
-        from ..hub import from_pretrained
-
-        model = from_pretrained(weights)
+    model = weights if isinstance(weights, nn.Module) else load_pretrained(weights, family=UNISEG_FAMILY)
     if isinstance(model, UniSeg):
         if in_channels is None and len(model.config.input_channels) > 1:
             raise ValueError(

@@ -41,6 +41,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.case import Case
+from ..formats.safetensors_dir import save_folder
+from ..perf import optimize_for_training
 from .augment import augment_batch, build_augmentation
 from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .config import TrainConfig
@@ -137,8 +139,6 @@ def _check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
 
 def _save_model_folder(model: nn.Module, folder: Path, provenance: dict[str, Any]) -> Path:
     """``save_pretrained`` of ``model`` without deep supervision, with ``provenance`` in its config (model card)."""
-    from ..formats.safetensors_dir import save_folder
-
     cfg = model.config.replace(deep_supervision=False, provenance=provenance)
     return save_folder(model.state_dict(), cfg, folder)
 
@@ -226,8 +226,6 @@ def _finetune(model: nn.Module, train_cases: list[Case], val_cases: list[Case], 
         _check_run_folder(out, resume, overwrite)
         out.mkdir(parents=True, exist_ok=True)
     if config.channels_last or config.grad_checkpointing:
-        from ..perf import optimize_for_training
-
         optimize_for_training(model, channels_last=config.channels_last, grad_checkpointing=config.grad_checkpointing)
 
     # what prediction may mirror: the axes this training mirrors along (nnU-Net's inference_allowed_mirroring_axes)
@@ -344,8 +342,14 @@ def _provenance(model: nn.Module, config: TrainConfig, train_cases: Sequence[Cas
     """The model card data of a fine-tuned model: what it was transferred from, the recipe, the data, the Dice."""
     prov = copy.deepcopy(dict(model.config.provenance))
     spec = model.config.task_spec(model.config.default_task) if getattr(model.config, "num_tasks", 0) else model.config.task_spec()
+    if spec is not None:
+        dataset = spec.name
+    else:  # multi-task (prompt-driven) training: the tasks the cases come from
+        names = [model.config.tasks[c.task_id].name for c in train_cases
+                 if c.task_id is not None and c.task_id < len(model.config.tasks)]
+        dataset = ", ".join(dict.fromkeys(names)) or None
     prov["finetuned"] = {
-        "dataset": spec.name if spec is not None else None,
+        "dataset": dataset,
         "train_cases": [c.name for c in train_cases],
         "epochs": len(history),
         "recipe": config.to_dict() | {"output_dir": None, "device": None, "progress": None},

@@ -6,7 +6,7 @@ import math
 import os
 from typing import Sequence
 
-from ..plotting import new_figure, save_figure
+from ..plotting import epoch_axis, new_figure, save_figure
 
 __all__ = ["plot_curves"]
 
@@ -33,9 +33,8 @@ def plot_curves(history: Sequence[dict], path: str | os.PathLike, *, resumed_at:
     else:
         ax_dice.text(0.5, 0.5, "no validation yet", ha="center", va="center", transform=ax_dice.transAxes)
     for ax, ylabel in ((ax_loss, "loss (CE − Dice, nnU-Net convention)"), (ax_dice, "mean Dice (foreground classes)")):
-        ax.set_xlabel("epoch")
+        epoch_axis(ax)
         ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
         for i, e in enumerate(resumed_at):
             ax.axvline(e + 0.5, color="grey", linestyle="--", linewidth=1, label="resumed" if i == 0 else None)
         if ax.get_legend_handles_labels()[0]:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..adapters import param_groups  # layer-wise decay over timm-style groups
 from .config import TrainConfig
 from .distributed import DistributedContext
 from .losses import DeepSupervisionLoss
@@ -59,8 +60,6 @@ def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]
         if not params:
             raise ValueError("the model has no trainable parameters (everything is frozen)")
         return [{"params": params, "lr": config.lr, "lr_scale": 1.0}]
-    from ..adapters import param_groups  # layer-wise decay over timm-style groups
-
     return param_groups(model, config.lr, config.layer_decay)
 
 

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from ..data.case import Case
-from ..inference import sliding_window_inference
+from ..inference import UniSegPredictor, sliding_window_inference
+from ..preprocessing import load_image, load_label
 from .distributed import DistributedContext, group_context
 from .metrics import nanmean, segmentation_metrics
 from .trainer import resolve_device
@@ -176,8 +177,6 @@ def validate_with_predictor(
     Every case needs ``meta["images"]`` and ``meta["label"]`` (what :func:`uniseg_hub.preprocessing.preprocess_case`
     records). Returns the same structure as :func:`evaluate`, plus ``"setting"`` describing the predictor.
     """
-    from ..inference import UniSegPredictor
-    from ..preprocessing import load_image, load_label
 
     missing = [c.name for c in cases if not (c.meta.get("images") and c.meta.get("label"))]
     if missing:
