@@ -42,21 +42,45 @@ __all__ = [
 ]
 
 
-def load_state_and_config(id_or_path: str | os.PathLike, **kwargs: Any) -> tuple[dict[str, torch.Tensor], UniSegConfig, str]:
-    """``(state dict in uniseg_hub key names, UniSegConfig, source)`` of any weights, without building a model
-    (:func:`uniseg_hub.weights.loader.load_state_and_config`; keywords ``revision``, ``cache_dir``,
-    ``local_files_only``, ``force_download``, ``token``, ``map_location``, ``config``)."""
-    return loader.load_state_and_config(id_or_path, family=UNISEG_FAMILY, **kwargs)
+def load_state_and_config(
+    id_or_path: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    force_download: bool = False,
+    token: str | bool | None = None,
+    map_location: str | torch.device = "cpu",
+    config: UniSegConfig | None = None,
+) -> tuple[dict[str, torch.Tensor], UniSegConfig, str]:
+    """``(state dict in uniseg_hub key names, UniSegConfig, source)`` of any weights, without building a model:
+    a ``save_pretrained`` or run folder, ``.safetensors``, an official ``.model`` (+ ``.pkl``), a registry name or a
+    Hub id (:func:`uniseg_hub.weights.loader.load_state_and_config`)."""
+    return loader.load_state_and_config(id_or_path, family=UNISEG_FAMILY, revision=revision, cache_dir=cache_dir,
+                                        local_files_only=local_files_only, force_download=force_download, token=token,
+                                        map_location=map_location, config=config)
 
 
-def from_pretrained(id_or_path: str | os.PathLike, *, model_cls: type[nn.Module] | None = None, **kwargs: Any) -> nn.Module:
+def from_pretrained(
+    id_or_path: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    strict: bool = True,
+    map_location: str | torch.device = "cpu",
+    model_cls: type[nn.Module] | None = None,
+    config: UniSegConfig | None = None,
+    force_download: bool = False,
+    token: str | bool | None = None,
+    **overrides: Any,
+) -> nn.Module:
     """Load pretrained UniSeg weights from anywhere (see :func:`load_state_and_config`) into a ready model.
 
     Returns a :class:`~uniseg_hub.model.UniSeg` when the weights hold a prompt, else a
     :class:`~uniseg_hub.model.UniSegBackbone` (or ``model_cls`` when given), in eval mode, with
-    ``model.load_report``. Keywords: ``strict`` (default True), ``map_location``, ``config``, ``revision``,
-    ``cache_dir``, ``local_files_only``, ``force_download``, ``token``; any other keyword overrides a config field
-    that does not change shapes (e.g. ``deep_supervision=True``).
+    ``model.load_report``. ``overrides`` change config fields that do not change shapes (e.g.
+    ``deep_supervision=True``).
 
     Raises:
         LoadError: with ``strict=True`` any unexpected, missing or shape-mismatched key.
@@ -67,7 +91,10 @@ def from_pretrained(id_or_path: str | os.PathLike, *, model_cls: type[nn.Module]
         >>> model(torch.zeros(1, 1, 64, 192, 192), task_id="liver").shape
         torch.Size([1, 4, 64, 192, 192])
     """
-    return loader.load_pretrained(id_or_path, family=UNISEG_FAMILY, model_cls=model_cls, **kwargs)
+    return loader.load_pretrained(id_or_path, family=UNISEG_FAMILY, revision=revision, cache_dir=cache_dir,
+                                  local_files_only=local_files_only, strict=strict, map_location=map_location,
+                                  model_cls=model_cls, config=config, force_download=force_download, token=token,
+                                  **overrides)
 
 
 def download(name: str | Mapping[str, Any], **kwargs: Any) -> Path:
