@@ -3,10 +3,10 @@
 Measured in one run, interleaved (each repeat times every variant once, so load drifts hit all alike):
 
 * ``eager``     — the plain float32 network, pinned to the official one by the parity tests (baseline a);
-* ``fast``      — :func:`uniseg_hub.perf.optimize_for_inference` defaults (group-norm instance norm, fused
+* ``fast``      — :func:`uniseg_hub.models.perf.optimize_for_inference` defaults (group-norm instance norm, fused
   upsample+concat, pointwise heads);
 * ``fast_cl``   — ``fast`` + ``channels_last_3d`` (``--variants`` to include);
-* ``compile``   — ``fast`` + :func:`uniseg_hub.perf.try_compile` (one graph, inductor freezing: oneDNN convs
+* ``compile``   — ``fast`` + :func:`uniseg_hub.models.perf.try_compile` (one graph, inductor freezing: oneDNN convs
   with pre-packed weights in channels-last layout, fused norm+activation; compile time reported separately);
 * ``amp_fp16`` / ``amp_bf16`` — ``fast`` under ``torch.autocast`` (default on CUDA; on CPU via ``--variants``);
 * ``dynunet``   — MONAI ``DynUNet`` with the same kernels, strides and filters (baseline b).
@@ -51,7 +51,7 @@ from common import (  # noqa: E402
 )
 
 from uniseg_hub import UniSeg, UniSegConfig  # noqa: E402
-from uniseg_hub.perf import optimize_for_inference  # noqa: E402
+from uniseg_hub.models.perf import optimize_for_inference  # noqa: E402
 
 log = logging.getLogger("benchmarks.forward")
 

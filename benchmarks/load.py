@@ -1,13 +1,13 @@
 """Loading the full-size ``uniseg_11task`` (32.1M parameters): our safetensors folder vs the official nnU-Net v1 file.
 
 Builds, in a temporary folder, (a) an official-format checkpoint from a randomly initialised model —
-:func:`~uniseg_hub.model.to_official_state_dict` wrapped the way nnU-Net v1's ``save_checkpoint`` writes it (epoch,
+:func:`~uniseg_hub.models.uniseg.to_official_state_dict` wrapped the way nnU-Net v1's ``save_checkpoint`` writes it (epoch,
 ``state_dict``, SGD ``optimizer_state_dict`` with momentum buffers, ``plot_stuff`` holding numpy scalars,
 ``best_stuff``, ``amp_grad_scaler``) plus a ``.model.pkl`` with plans — and (b) the converted ``save_pretrained``
 folder. Then times, medians over ``--repeats`` runs (files are in the page cache after the first read):
 
 * ``torch.load official (unsafe)``: ``torch.load(weights_only=False)``, how the official code loads (runs pickled code);
-* ``torch.load official (safe)``: :func:`~uniseg_hub.formats.load_nnunet_v1_checkpoint` (weights-only + allow-list);
+* ``torch.load official (safe)``: :func:`~uniseg_hub.weights.load_nnunet_v1_checkpoint` (weights-only + allow-list);
 * ``from_pretrained official``: the same plus plans → config → model → strict load (what a user calls);
 * ``safetensors load_file``: the raw tensor read of ``model.safetensors``;
 * ``from_pretrained safetensors``: config → model (meta device) → strict assign load, the number the perf issue
@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_common_args, env_info, median, print_table, setup_threads, time_fn, write_json  # noqa: E402
 
 from uniseg_hub import UniSegConfig, create_model, from_pretrained  # noqa: E402
-from uniseg_hub.formats import load_nnunet_v1_checkpoint  # noqa: E402
+from uniseg_hub.weights import load_nnunet_v1_checkpoint  # noqa: E402
 from uniseg_hub.hub import convert_nnunet_v1  # noqa: E402
-from uniseg_hub.model import to_official_state_dict  # noqa: E402
+from uniseg_hub.models.uniseg import to_official_state_dict  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 log = logging.getLogger("benchmarks.load")

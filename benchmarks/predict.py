@@ -170,13 +170,13 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     opts = spec.get("options", {})
     k = net.config.num_classes
     if opts.get("optimize"):
-        from uniseg_hub.perf import optimize_for_inference
+        from uniseg_hub.models.perf import optimize_for_inference
 
         optimize_for_inference(net)
     if opts.get("channels_last"):
         net = net.to(memory_format=torch.channels_last_3d)
     if opts.get("compile"):  # as UniSegPredictor(compile=True): one graph, inductor freezing, eager fallback
-        from uniseg_hub.perf import try_compile
+        from uniseg_hub.models.perf import try_compile
 
         try_compile(net, freeze=True, dynamic=False)
 
@@ -303,12 +303,12 @@ def section_scaling(args, tmp: Path) -> list[dict]:
 
 
 def _load_real_model(path: str | None):
-    from uniseg_hub.model import checkpoint_filter_fn
+    from uniseg_hub.models.uniseg import checkpoint_filter_fn
 
     if path is None:
         path = str(DEMO_WEIGHTS) if DEMO_WEIGHTS.is_dir() else str(TINY_CHECKPOINT)
     if path.endswith(".model"):
-        from uniseg_hub.formats import load_nnunet_v1_checkpoint
+        from uniseg_hub.weights import load_nnunet_v1_checkpoint
 
         state, cfg, _ = load_nnunet_v1_checkpoint(path)
         if cfg is None:  # the tiny fixture has no plans: its config is in tiny_config.json
@@ -392,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="axes of the mirrored setting (default W only: 2 passes per window; (0 1 2) = 8 passes)")
     p.add_argument("--step", type=float, default=0.5, help="window step as a fraction of the patch (official 0.5)")
     p.add_argument("--sw-batch-size", type=int, default=2, help="windows x flips per forward for the batched candidate (1: no batched row)")
-    p.add_argument("--no-optimize", action="store_true", help="skip the uniseg_hub.perf.optimize_for_inference row")
+    p.add_argument("--no-optimize", action="store_true", help="skip the uniseg_hub.models.perf.optimize_for_inference row")
     p.add_argument("--channels-last", action="store_true", help="also time channels-last 3D")
     p.add_argument("--compile", action="store_true",
                    help="also time optimize + torch.compile (compile time excluded from the time, reported as warmup_s)")

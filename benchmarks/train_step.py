@@ -6,10 +6,10 @@ Nesterov), as the official trainer. Each configuration runs in its own child pro
 the child's own ``ru_maxrss`` (CPU) or ``torch.cuda.max_memory_allocated`` (CUDA), unaffected by the others.
 
 Configurations (``--variants``): ``eager`` (the plain network, baseline), ``fast``
-(:func:`uniseg_hub.perf.optimize_for_training`), ``lowmem`` (in-place norm+activation in channels-last layout,
+(:func:`uniseg_hub.models.perf.optimize_for_training`), ``lowmem`` (in-place norm+activation in channels-last layout,
 ``optimize_for_training(inplace_norm_act=True, channels_last=True)``), ``compile`` (``fast`` + ``torch.compile`` of forward and
 backward, compiled during the warm-up step), ``<eager|fast|lowmem|compile>_ckpt[_l<N>]`` (+ activation
-checkpointing of encoder and decoder stages via :func:`uniseg_hub.perf.set_grad_checkpointing`; only the ``N``
+checkpointing of encoder and decoder stages via :func:`uniseg_hub.models.perf.set_grad_checkpointing`; only the ``N``
 finest resolution levels with ``_l<N>``), ``amp_bf16`` / ``amp_fp16``
 (``fast`` under ``torch.autocast``, default on CUDA; fp16 with a ``GradScaler``). Every configuration starts from the same weights,
 input and labels; the max abs difference of the first step's logits and gradients to the baseline is reported.
@@ -62,7 +62,7 @@ def variant_name(text: str) -> str:
 def child(args: argparse.Namespace) -> dict[str, Any]:
     """Run one configuration in this process; save first-step logits/grads to ``args.dump``; return the record."""
     from uniseg_hub import UniSeg, UniSegConfig
-    from uniseg_hub.perf import optimize_for_training, set_grad_checkpointing
+    from uniseg_hub.models.perf import optimize_for_training, set_grad_checkpointing
     from uniseg_hub.training.losses import DeepSupervisionLoss
 
     setup_threads(args.threads)

@@ -1,6 +1,6 @@
 """BTCV / VS transfer benchmark: ``python benchmarks/transfer.py btcv --data DIR --weights uniseg-11task --from-scratch``.
 
-The same as ``uniseg-hub benchmark`` (see :mod:`uniseg_hub.commands.benchmark` for the options and outputs).
+The same as ``uniseg-hub benchmark`` (see :mod:`uniseg_hub.cli.benchmark` for the options and outputs).
 """
 
 import sys

@@ -23,7 +23,7 @@ import torch
 
 from uniseg_hub import PreprocessingConfig
 from uniseg_hub.data import Case
-from uniseg_hub.demo_data import hemisphere_split, load_volume, nilearn_data_dir
+from uniseg_hub.demo.data import hemisphere_split, load_volume, nilearn_data_dir
 from uniseg_hub.preprocessing import crop_to_nonzero, normalize
 
 __all__ = ["REPO_ROOT", "mni152_file", "tissue_labels", "tissue_cases", "write_nnunet_raw_dataset", "DATASET_LABELS"]

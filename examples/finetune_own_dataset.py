@@ -5,7 +5,7 @@ What it shows:
       with :func:`uniseg_hub.data.nnunet_raw_cases` and :func:`uniseg_hub.preprocessing.nnunet_raw_task` (class
       names, label values, modalities), planning it the nnU-Net v1 way (target spacing, intensity scheme) with
       :func:`~uniseg_hub.preprocessing.plan_dataset` and preprocessing it with :func:`~uniseg_hub.preprocessing.load_cases`;
-    * the transfer :func:`uniseg_hub.adapters.from_upstream` (strategy ``official``: the prompt is dropped, new
+    * the transfer :func:`uniseg_hub.models.adapters.from_upstream` (strategy ``official``: the prompt is dropped, new
       heads for the data set's classes; the plan and the class names go into the model's config) and its load report;
     * :func:`uniseg_hub.training.finetune` with a short :class:`~uniseg_hub.training.TrainConfig` (the official
       recipe otherwise): per-class Dice before (:func:`~uniseg_hub.training.evaluate`) and after (the final
@@ -36,7 +36,7 @@ from typing import Any, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bundled import write_nnunet_raw_dataset  # noqa: E402
 
-from uniseg_hub.adapters import STRATEGIES, from_upstream  # noqa: E402
+from uniseg_hub.models.adapters import STRATEGIES, from_upstream  # noqa: E402
 from uniseg_hub.data import nnunet_raw_cases, read_dataset_json  # noqa: E402
 from uniseg_hub.inference import UniSegPredictor  # noqa: E402
 from uniseg_hub.preprocessing import load_cases, nnunet_raw_task, plan_dataset  # noqa: E402

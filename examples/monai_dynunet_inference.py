@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bundled import mni152_file  # noqa: E402
 
 import uniseg_hub  # noqa: E402
-from uniseg_hub.adapters import from_upstream  # noqa: E402
+from uniseg_hub.models.adapters import from_upstream  # noqa: E402
 from uniseg_hub.interop import load_dynunet_bundle, save_dynunet_bundle, to_dynunet  # noqa: E402
 
 DEMO = "uniseg-demo"  # the demo weights' registry name (package data)

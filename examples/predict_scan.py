@@ -5,7 +5,7 @@ What it shows:
     * ``predict_file``: the official ``nnUNet_predict`` pipeline (crop, resample to the weights' spacing, normalise,
       Gaussian-weighted sliding window, class restriction to the task) with the label map written on the *input's*
       voxel grid and affine;
-    * :func:`uniseg_hub.preview.save_preview`: three orthogonal slices with the labels overlaid;
+    * :func:`uniseg_hub.plots.preview.save_preview`: three orthogonal slices with the labels overlaid;
     * the volume of each label in millilitres.
 
 Inputs: the bundled MNI152 T1 (nilearn) and the demo weights ``uniseg-demo``, task ``tissue`` (grey/white matter);
@@ -32,7 +32,7 @@ from _bundled import mni152_file  # noqa: E402
 
 from uniseg_hub.inference import UniSegPredictor  # noqa: E402
 from uniseg_hub.preprocessing import load_image  # noqa: E402
-from uniseg_hub.preview import save_preview  # noqa: E402
+from uniseg_hub.plots.preview import save_preview  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Add a new task to UniSeg's universal prompt and train only that task's prompt map (and the heads).
 
 What it shows:
-    * :func:`uniseg_hub.adapters.from_upstream` with ``strategy="prompt-tuning"``: the network gets one more task
+    * :func:`uniseg_hub.models.adapters.from_upstream` with ``strategy="prompt-tuning"``: the network gets one more task
       (``model.config.default_task``); encoder, fusion, decoder and the old task maps are frozen (the old maps become a
       buffer, so no optimiser can move them); only ``prompt.prompt_new`` and the segmentation heads learn;
     * the load report's ``frozen`` list and the trainable parameter count;
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bundled import DATASET_LABELS, tissue_cases  # noqa: E402
 
 from uniseg_hub import TaskSpec  # noqa: E402
-from uniseg_hub.adapters import from_upstream  # noqa: E402
+from uniseg_hub.models.adapters import from_upstream  # noqa: E402
 from uniseg_hub.training import TrainConfig, finetune  # noqa: E402
 from uniseg_hub.training.sampling import crop_with_padding  # noqa: E402
 

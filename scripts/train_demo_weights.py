@@ -3,7 +3,7 @@
 Prompt-driven multi-task upstream training, the UniSeg recipe in miniature, through the library's own engine
 (:func:`uniseg_hub.training.finetune`: per-sample task ids, each sample's loss on its own task's output channels,
 the official optimiser, loss and nnU-Net augmentation): one network, one universal prompt, three tasks on real
-brain scans that ship in packages (:mod:`uniseg_hub.demo_data`): MNI152 grey/white matter (nilearn), Colin27
+brain scans that ship in packages (:mod:`uniseg_hub.demo.data`): MNI152 grey/white matter (nilearn), Colin27
 brain mask and Colin27 AAL lobes (Debian mricron-data), at 3 mm. The scans are written as nnU-Net raw data sets
 and preprocessed by :mod:`uniseg_hub.preprocessing` with the model's contract (3 mm, MR z-score over the crop
 box), the same path ``uniseg-hub predict`` takes. Training uses the left hemispheres only; the right hemispheres
@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from uniseg_hub import UniSeg
-from uniseg_hub.demo_data import DEMO_SPACING, UPSTREAM_TASKS, demo_model_config, mricron_dir, task_cases
+from uniseg_hub.demo.data import DEMO_SPACING, UPSTREAM_TASKS, demo_model_config, mricron_dir, task_cases
 from uniseg_hub.training import AugmentationConfig, TrainConfig, finetune
 
 logger = logging.getLogger("train_demo_weights")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from uniseg_hub import UniSeg, UniSegConfig, checkpoint_filter_fn
-from uniseg_hub.formats import load_nnunet_v1_checkpoint
+from uniseg_hub.weights import load_nnunet_v1_checkpoint
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REF = FIXTURES / "uniseg_reference"

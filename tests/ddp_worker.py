@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from uniseg_hub.adapters import from_upstream
+from uniseg_hub.models.adapters import from_upstream
 from uniseg_hub.data import Case
 from uniseg_hub.training import AugmentationConfig, TrainConfig, finetune
 

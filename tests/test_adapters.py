@@ -5,13 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from uniseg_hub import UniSeg, UniSegBackbone, UniSegConfig, official_key_map
-from uniseg_hub.adapters import adapt_stem_weight, freeze_encoder, from_upstream, layer_groups, param_groups
-from uniseg_hub.report import LoadReport
+from uniseg_hub.models.adapters import adapt_stem_weight, freeze_encoder, from_upstream, layer_groups, param_groups
+from uniseg_hub.weights.report import LoadReport
 
 from .conftest import REF, TINY_MODEL, max_abs
 

@@ -76,16 +76,67 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_no_import_cycle():
     graph = import_graph()
-    assert {"uniseg_hub.model", "uniseg_hub.hub", "uniseg_hub.adapters", "uniseg_hub.weights.loader"} <= set(graph)
-    assert "uniseg_hub.weights.loader" in graph["uniseg_hub.model"]  # the graph sees the real edges
+    assert {"uniseg_hub.models.uniseg", "uniseg_hub.hub", "uniseg_hub.models.adapters", "uniseg_hub.weights.loader"} <= set(graph)
+    assert "uniseg_hub.weights.loader" in graph["uniseg_hub.models.uniseg"]  # the graph sees the real edges
     assert cycles(graph) == []
 
 
 def test_weights_layer_imports_no_model_and_registry_no_torch():
     graph = import_graph()
-    models = {"uniseg_hub.model", "uniseg_hub.encoder", "uniseg_hub.decoder", "uniseg_hub.prompt", "uniseg_hub.adapters",
+    models = {"uniseg_hub.models.uniseg", "uniseg_hub.models.encoder", "uniseg_hub.models.decoder", "uniseg_hub.models.prompt", "uniseg_hub.models.adapters",
               "uniseg_hub.hub"}
     for name in ("uniseg_hub.weights", "uniseg_hub.weights.loader", "uniseg_hub.weights.registry"):
         assert not graph[name] & models, (name, graph[name] & models)
     registry = (PKG / "weights" / "registry.py").read_text()
     assert "import torch" not in registry
+
+
+#: The layers, bottom up: a module imports only from its own layer or below (no upward import).
+LAYERS = {
+    "jsonconfig": 0, "config": 0, "plots": 0, "_moved": 0, "atomic": 0, "resources": 0,
+    "weights": 1,
+    "models": 2, "data": 2,
+    "preprocessing": 3,
+    "inference": 4,
+    "training": 5, "export": 5, "interop": 5,
+    "hub": 6, "timm_models": 6,
+    "": 7, "cli": 7, "demo": 7, "__main__": 7,
+}
+
+
+def _layer(module: str) -> int:
+    top = module.split(".")[1] if "." in module else ""
+    return LAYERS[top]
+
+
+def test_layout_has_no_upward_import():
+    graph = import_graph()
+    assert set(LAYERS) >= {m.split(".")[1] if "." in m else "" for m in graph}, "a new top-level module needs a layer"
+    upward = sorted((m, d) for m, deps in graph.items() for d in deps if _layer(d) > _layer(m))
+    assert upward == []
+
+
+def test_no_module_over_500_lines():
+    long = {str(p.relative_to(PKG)): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > 500}
+    assert long == {}
+
+
+def test_moved_modules_still_import_from_their_old_path_with_a_warning():
+    import importlib
+    import subprocess
+    import sys
+
+    from uniseg_hub._moved import MOVED
+
+    for old, new in MOVED.items():
+        assert importlib.util.find_spec(new) is not None, new
+    code = ("import warnings, importlib; warnings.filterwarnings('error', '.* moved to ', FutureWarning)\n"
+            "import uniseg_hub.models.adapters as new\n"
+            "try:\n    import uniseg_hub.adapters\nexcept FutureWarning as w:\n    print('warned:', w)\n"
+            "warnings.simplefilter('ignore')\n"
+            "from uniseg_hub.adapters import from_upstream\n"
+            "import uniseg_hub.adapters as old\n"
+            "print(old is new, from_upstream is new.from_upstream)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "warned: uniseg_hub.adapters moved to uniseg_hub.models.adapters" in out
+    assert out.strip().endswith("True True")

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from uniseg_hub.cli import main
-from uniseg_hub.commands.benchmark import format_markdown, run_benchmark
+from uniseg_hub.cli.benchmark import format_markdown, run_benchmark
 from uniseg_hub.data import official_split
 from uniseg_hub.training import TrainConfig
 
@@ -98,8 +98,8 @@ def test_markdown_table_from_a_result():
 def test_from_scratch_baseline_is_the_same_architecture_at_random_init(strategy):
     import torch
 
-    from uniseg_hub.adapters import from_upstream
-    from uniseg_hub.commands.benchmark import _fresh_copy
+    from uniseg_hub.models.adapters import from_upstream
+    from uniseg_hub.cli.benchmark import _fresh_copy
 
     pre = from_upstream(str(TINY_MODEL), num_classes=14, in_channels=1, strategy=strategy)
     fresh = _fresh_copy(pre, seed=0)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from uniseg_hub import UniSeg, UniSegBackbone, UniSegConfig, checkpoint_filter_fn, create_model, list_models, to_official_state_dict
-from uniseg_hub.model import is_official_state_dict
+from uniseg_hub.models.uniseg import is_official_state_dict
 
 from .conftest import REF
 

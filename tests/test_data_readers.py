@@ -18,7 +18,7 @@ from scipy.ndimage import binary_fill_holes
 
 from uniseg_hub.config import PreprocessingConfig
 from uniseg_hub.data import btcv_cases, nnunet_raw_cases, vs_cases
-from uniseg_hub.demo_data import nilearn_data_dir
+from uniseg_hub.demo.data import nilearn_data_dir
 from uniseg_hub.preprocessing import benchmark_task, load_downstream, nnunet_raw_task, preprocess_case
 
 NILEARN = nilearn_data_dir()

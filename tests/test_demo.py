@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from uniseg_hub.demo import RECORD, DEFAULT_WEIGHTS, DemoBudget, format_seeds_table, format_table, main, run_demo, summarise_seeds
-from uniseg_hub.demo_data import (
+from uniseg_hub.demo.data import (
     AAL_DEEP_GREY,
     AAL_LOBES,
     UPSTREAM_TASKS,
@@ -132,7 +132,7 @@ def test_seed_statistics_against_hand_computed_values():
 
 
 def test_demo_figures_have_legends_and_labelled_axes(tmp_path):
-    from uniseg_hub.demo_figures import comparison_preview, learning_curves
+    from uniseg_hub.demo.figures import comparison_preview, learning_curves
 
     img = np.random.default_rng(0).random((20, 24, 22)).astype(np.float32)
     lab = np.zeros((20, 24, 22), np.int64)

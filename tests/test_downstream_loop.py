@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from uniseg_hub import from_pretrained
 from uniseg_hub.cli import main
 from uniseg_hub.data import nnunet_raw_cases
-from uniseg_hub.demo_data import mricron_dir, write_task_dataset
+from uniseg_hub.demo.data import mricron_dir, write_task_dataset
 from uniseg_hub.preprocessing import nnunet_raw_task, plan_dataset
 
 from .conftest import TINY_MODEL
@@ -84,7 +84,7 @@ def test_finetune_then_predict_round_trip(dataset, tmp_path, strategy, capsys):
     # predict with no --task (backbone: its only task; prompt models: the new task is the default)
     seg = tmp_path / "seg.nii.gz"
     assert main(["predict", "--weights", str(out), "-i", str(raw[1].images[0]), "-o", str(seg), "--no-mirror"]) == 0
-    assert main(["predict", "--weights", str(out), "-i", str(raw[1].images[0]), "-o", str(seg)]) == 0  # defaults, as validation
+    assert main(["predict", "--weights", str(out), "-i", str(raw[1].images[0]), "-o", str(seg), "--overwrite"]) == 0  # defaults, as validation
     pred = np.asarray(nib.load(seg).dataobj)
     ref = np.asarray(nib.load(raw[1].label).dataobj)
     assert pred.shape == ref.shape and set(np.unique(pred)) <= {0, 1, 3, 5, 7}  # the data set's label values
@@ -117,7 +117,7 @@ def test_finetune_into_an_earlier_run_is_refused(dataset, tmp_path, capsys):
     code = main(["finetune", "--weights", str(TINY_MODEL), "--data", str(dataset), "-o", str(out), "--epochs", "1",
                  "--iterations", "1", "--patch-size", "32,64,64", "--no-progress"])
     err = capsys.readouterr().err
-    assert code == 1 and "already holds a fine-tuning run after 2 epoch(s)" in err and "--resume" in err
+    assert code == 1 and "holds a fine-tuning run after 2 epoch(s)" in err and "--resume" in err
 
 
 def test_same_seed_same_run_bit_for_bit(dataset, tmp_path):

@@ -13,7 +13,7 @@ from uniseg_hub import UniSegBackbone, UniSegConfig
 from uniseg_hub.inference import (
     InferenceMemoryError,
     UniSegPredictor,
-    check_input,
+    contract_warnings,
     combined_label_offsets,
     compute_steps,
     gaussian_importance_map,
@@ -147,12 +147,12 @@ def test_check_input_warnings(tiny_config):
     mr = rng.uniform(0, 800, (1, 20, 30, 30)).astype(np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert check_input(tiny_config, ct, (3.0, 1.5, 1.5), "liver") == []
+        assert contract_warnings(tiny_config, ct, (3.0, 1.5, 1.5), "liver") == []
     with pytest.warns(UserWarning, match="looks like CT"):
-        check_input(tiny_config, ct, (3.0, 1.5, 1.5), "prostate")
+        contract_warnings(tiny_config, ct, (3.0, 1.5, 1.5), "prostate")
     with pytest.warns(UserWarning, match="no values below -200"):
-        check_input(tiny_config, mr, (3.0, 1.5, 1.5), "liver")
+        contract_warnings(tiny_config, mr, (3.0, 1.5, 1.5), "liver")
     with pytest.warns(UserWarning, match="far from the model"):
-        check_input(tiny_config, ct, (10.0, 0.3, 0.3), "liver")
+        contract_warnings(tiny_config, ct, (10.0, 0.3, 0.3), "liver")
     with pytest.warns(UserWarning, match="expects 2 channel"):
-        check_input(tiny_config, ct, (3.0, 1.5, 1.5), 10)
+        contract_warnings(tiny_config, ct, (3.0, 1.5, 1.5), 10)

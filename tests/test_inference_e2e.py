@@ -123,7 +123,7 @@ def test_cli_speed_options_write_the_official_segmentation(speed, tmp_path):
         (["-i", "{txt}", "--task", "0"], "not a NIfTI file or a DICOM series folder"),
         (["-i", "{ct}", "--task", "livr"], "unknown task 'livr'"),
         (["-i", "{ct}", "--task", "whole_body_tumor"], "takes 2 input file(s) (CT, PET), got 1"),
-        (["-i", "{ct}", "--task", "0", "--memory-limit-gb", "0.00001"], "lower sw_batch_size"),
+        (["-i", "{ct}", "--task", "0", "--memory-limit-gb", "0.00001"], "more than the limit of"),
         (["-i", "{ct}", "--task", "0", "--mirror-axes", "W"], "--mirror-axes must be axes among 0,1,2"),
         (["-i", "{ct}", "--task", "0", "--mirror-axes", "3"], "mirror_axes must be spatial axes among (0, 1, 2)"),
     ],

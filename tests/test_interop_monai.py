@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from monai.networks.nets import DynUNet
 
 from uniseg_hub import UniSegBackbone, UniSegConfig
-from uniseg_hub.adapters import from_upstream
+from uniseg_hub.models.adapters import from_upstream
 from uniseg_hub.cli import main
 from uniseg_hub.interop import (dynunet_outputs, from_dynunet, load_dynunet_bundle, save_dynunet_bundle,
                                 to_dynunet)

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from uniseg_hub import PreprocessingConfig, TaskSpec, UniSegBackbone, UniSegConfig, from_pretrained
-from uniseg_hub.adapters import from_upstream
+from uniseg_hub.models.adapters import from_upstream
 from uniseg_hub.cli import main
-from uniseg_hub.demo_data import load_volume, nilearn_data_dir
+from uniseg_hub.demo.data import load_volume, nilearn_data_dir
 from uniseg_hub.inference import sliding_window_inference
 from uniseg_hub.interop import export_nnunetv2_pretrained, nnunetv2_plans, to_nnunetv2, to_plain_conv_unet
 from uniseg_hub.interop.nnunetv2 import PLAIN_CONV_UNET, plain_conv_unet_architecture

@@ -1,4 +1,4 @@
-"""The fast paths of uniseg_hub.perf against the official reference outputs and the eager network."""
+"""The fast paths of uniseg_hub.models.perf against the official reference outputs and the eager network."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from uniseg_hub import UniSeg, UniSegConfig, checkpoint_filter_fn
-from uniseg_hub.layers import upsample_concat
-from uniseg_hub.perf import (
+from uniseg_hub.models.layers import upsample_concat
+from uniseg_hub.models.perf import (
     FastInstanceNorm3d,
     InplaceInstanceNormAct,
     PointwiseConv3d,
@@ -295,7 +295,7 @@ def test_compiled_frozen_network_notices_new_weights(tiny_model, upstream_io, ca
     with torch.inference_mode():
         expected = other(x, 0)
     model.load_state_dict(other.state_dict())
-    with caplog.at_level(logging.WARNING, logger="uniseg_hub.perf"), torch.inference_mode():
+    with caplog.at_level(logging.WARNING, logger="uniseg_hub.models.perf"), torch.inference_mode():
         out = model(x, 0)
     assert max_abs(out, expected) <= 1e-4
     assert "changed after torch.compile froze them" in caplog.text and not is_compiled(model)

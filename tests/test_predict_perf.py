@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from uniseg_hub import UniSeg
+
 from uniseg_hub.inference import UniSegPredictor, sliding_window_inference
 
 from .conftest import REF, max_abs
@@ -121,8 +123,9 @@ def test_predictor_optimize_equals_eager(tiny_model):
     x = torch.randn(1, 32, 64, 64)
     eager = sliding_window_inference(x, tiny_model.config.patch_size, 1, tiny_model, task_id=2)
     keys = list(tiny_model.state_dict())
-    pred = UniSegPredictor(tiny_model, mirror=False, optimize=True)  # rewrites tiny_model in place
+    pred = UniSegPredictor(tiny_model, mirror=False, optimize=True)  # an optimized copy of tiny_model
     assert list(pred.model.state_dict()) == keys
+    assert pred.model is not tiny_model and {type(m) for m in tiny_model.modules()} == {type(m) for m in UniSeg(tiny_model.config).modules()}
     assert max_abs(pred.predict_preprocessed(x, 2), eager) <= 1e-5
 
 
@@ -138,7 +141,7 @@ def test_compile_falls_back_to_eager(tiny_model, monkeypatch, caplog):
     monkeypatch.setattr(torch, "compile", failing_compile)
     torch.manual_seed(0)
     x = torch.randn(1, 32, 64, 64)
-    pred = UniSegPredictor(tiny_model, mirror=False, compile=True)
+    pred = UniSegPredictor(tiny_model, mirror=False, optimize=False, compile=True)  # compile alone: its fallback is the eager net
     with caplog.at_level(logging.WARNING, logger="uniseg_hub.inference"):
         out = pred.predict_preprocessed(x, 0)
     assert "torch.compile failed" in caplog.text and "no C++ compiler" in caplog.text

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import torch
 
-from uniseg_hub.config import PreprocessingConfig, TaskSpec
+from uniseg_hub.config import PreprocessingConfig
 from uniseg_hub.data import Case, RawCase, nnunet_raw_cases
-from uniseg_hub.demo_data import aal_names, mricron_dir, nilearn_data_dir
+from uniseg_hub.demo.data import aal_names, mricron_dir, nilearn_data_dir
 from uniseg_hub.preprocessing import (
     crop_to_nonzero,
     fill_holes,
@@ -144,8 +144,8 @@ def test_load_image_errors(tmp_path):
     bad[2, 2, 2] = np.inf
     with pytest.raises(ValueError, match="2 NaN/inf voxel"):
         load_image(_write_nifti(tmp_path / "nan.nii.gz", bad))
-    a = _write_nifti(tmp_path / "a.nii.gz", np.ones((8, 8, 8), np.float32))
-    b = _write_nifti(tmp_path / "b.nii.gz", np.ones((8, 8, 9), np.float32))
+    a = _write_nifti(tmp_path / "a.nii.gz", np.arange(8 * 8 * 8, dtype=np.float32).reshape(8, 8, 8))
+    b = _write_nifti(tmp_path / "b.nii.gz", np.arange(8 * 8 * 9, dtype=np.float32).reshape(8, 8, 9))
     with pytest.raises(ValueError, match="same voxel grid"):
         load_image([a, b])
     (tmp_path / "empty").mkdir()
@@ -153,8 +153,10 @@ def test_load_image_errors(tmp_path):
         load_image(tmp_path / "empty")
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "x.dcm").write_bytes(b"not dicom")
-    with pytest.raises(ValueError, match="not a readable DICOM series"):
+    with pytest.raises(ValueError, match=r"holds 1 file\(s\) \(x.dcm\) but no DICOM file"):
         load_image(tmp_path / "junk")
+    with pytest.raises(ValueError, match=r"is constant \(every voxel is 0\)"):
+        load_image(_write_nifti(tmp_path / "blank.nii.gz", np.zeros((8, 8, 8), np.float32)))
 
 
 def _write_dicom_series(folder: Path, vol_xyz: np.ndarray, spacing_xyz, intercept: float) -> None:
@@ -595,7 +597,7 @@ def test_case_rejects_float_labels():
 
 
 def test_load_label_errors(tmp_path):
-    image = load_image(_write_nifti(tmp_path / "img.nii.gz", np.ones((8, 8, 8), np.float32)))
+    image = load_image(_write_nifti(tmp_path / "img.nii.gz", np.arange(8 * 8 * 8, dtype=np.float32).reshape(8, 8, 8)))
     ok = load_label(_write_nifti(tmp_path / "ok.nii.gz", np.arange(512, dtype=np.uint8).reshape(8, 8, 8) % 3), image)
     assert ok.dtype == np.int16 and ok.shape == (8, 8, 8) and ok[0, 0, 1] == 64 % 3  # (z, y, x) of (x, y, z)
     with pytest.raises(FileNotFoundError, match="label map not found"):

@@ -18,7 +18,7 @@ import torch
 from scipy import stats
 
 from uniseg_hub.data import Case
-from uniseg_hub.demo_data import mricron_dir, nilearn_data_dir
+from uniseg_hub.demo.data import mricron_dir, nilearn_data_dir
 from uniseg_hub.training.augment import (
     AugmentationParams,
     NnUNetAugmentation,

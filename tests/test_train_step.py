@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from uniseg_hub import official_key_map, to_official_state_dict
-from uniseg_hub.adapters import from_upstream
+from uniseg_hub.models.adapters import from_upstream
 from uniseg_hub.training import DeepSupervisionLoss, TrainConfig, Trainer, deep_supervision_weights, downsample_labels
 
 from .conftest import load_npz

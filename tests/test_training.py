@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from uniseg_hub import TaskSpec
-from uniseg_hub.adapters import from_upstream
+from uniseg_hub.models.adapters import from_upstream
 from uniseg_hub.data import Case
 from uniseg_hub.training import (
     AugmentationConfig,
@@ -162,7 +162,7 @@ def test_lean_training_setting_runs_in_the_engine_with_the_same_losses(tmp_path)
     A 3-stage backbone with a 4x8x8 bottleneck: the tiny fixture net's 2x2x2 bottleneck amplifies float32
     rounding so much that even the plain network's fast path ends 72% of the update away from it."""
     from uniseg_hub import UniSegBackbone, UniSegConfig
-    from uniseg_hub.perf import optimize_for_training
+    from uniseg_hub.models.perf import optimize_for_training
 
     config = UniSegConfig.btcv(num_classes=2, patch_size=[16, 32, 32], base_num_features=4, input_channels=[1],
                                pool_op_kernel_sizes=[[1, 2, 2], [2, 2, 2]], conv_kernel_sizes=[[1, 3, 3], [3, 3, 3], [3, 3, 3]])

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from uniseg_hub import LoadError, from_pretrained
-from uniseg_hub.formats import CheckpointError, load_nnunet_v1_checkpoint, read_plans_pickle
-from uniseg_hub.formats.nnunet_v1 import SAFE_NUMPY_GLOBALS
+from uniseg_hub.weights import CheckpointError, load_nnunet_v1_checkpoint, read_plans_pickle
+from uniseg_hub.weights.nnunet_v1 import SAFE_NUMPY_GLOBALS
 
 from .conftest import REF, TINY_MODEL
 

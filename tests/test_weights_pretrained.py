@@ -20,7 +20,7 @@ import torch
 import uniseg_hub
 from uniseg_hub import UniSeg, UniSegBackbone, download, from_pretrained, load_state_and_config
 from uniseg_hub.cli import main as cli_main
-from uniseg_hub.formats import CheckpointError
+from uniseg_hub.weights import CheckpointError
 from uniseg_hub.hub import REGISTRY_DIR, list_pretrained, registry_entry
 
 from .conftest import REF, TINY_MODEL, max_abs

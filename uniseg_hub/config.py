@@ -15,7 +15,7 @@ from typing import Any
 
 from .jsonconfig import ConfigError, JsonConfig
 
-__all__ = ["TaskSpec", "PreprocessingConfig", "UniSegConfig", "UPSTREAM_TASKS", "NORMALIZATION_SCHEMES"]
+__all__ = ["TaskSpec", "PreprocessingConfig", "UniSegConfig", "UPSTREAM_TASKS", "NORMALIZATION_SCHEMES", "Preset", "PRESETS"]
 
 _NORM_NAMES = ("instance", "batch", "group", "layer")
 _ACT_NAMES = ("leakyrelu", "relu", "prelu", "gelu", "elu")
@@ -44,15 +44,15 @@ class TaskSpec(JsonConfig):
             self.labels = {str(k): v for k, v in self.labels.items()}
         self.check_types()
         if self.num_classes < 2:
-            raise ConfigError(f"task {self.name!r}: num_classes must count background too (>= 2), got {self.num_classes}")
+            raise ConfigError(f"task {self.name!r}: TaskSpec.num_classes must count background too (>= 2), got {self.num_classes}")
         if not self.modalities:
-            raise ConfigError(f"task {self.name!r}: modalities must name at least one input channel")
+            raise ConfigError(f"task {self.name!r}: TaskSpec.modalities must name at least one input channel")
         bad = [k for k in self.labels if not (k.isdigit() and int(k) > 0)]
         if bad:
-            raise ConfigError(f"task {self.name!r}: label values must be positive integers (background 0 is implicit), got {bad}")
+            raise ConfigError(f"task {self.name!r}: TaskSpec.labels keys (label values) must be positive integers (background 0 is implicit), got {bad}")
         if self.labels and len(self.labels) != self.num_classes - 1:
             raise ConfigError(
-                f"task {self.name!r}: {len(self.labels)} labels given for {self.num_classes} classes "
+                f"task {self.name!r}: TaskSpec.labels has {len(self.labels)} labels for {self.num_classes} classes "
                 f"(expected num_classes - 1 = {self.num_classes - 1} foreground labels)"
             )
         self.labels = dict(sorted(self.labels.items(), key=lambda kv: int(kv[0])))
@@ -402,24 +402,55 @@ class UniSegConfig(JsonConfig):
 
     # ---- serialisation: to_dict / from_dict / to_json / from_json / replace come from JsonConfig -----------
 
-    # ---- presets ------------------------------------------------------------------------------------------
+    # ---- presets (declared once, in PRESETS below) ----------------------------------------------------------
     @classmethod
-    def uniseg_11task(cls, **overrides: Any) -> "UniSegConfig":
-        """The published upstream network: 11 tasks, patch 64x192x192 at 3x1.5x1.5 mm, 4 output classes."""
-        kw: dict[str, Any] = dict(name="uniseg_11task", num_tasks=11, num_classes=4, tasks=list(UPSTREAM_TASKS))
+    def preset(cls, name: str, **overrides: Any) -> "UniSegConfig":
+        """The config of a registered preset (:data:`PRESETS`), with ``overrides`` applied."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; presets: {sorted(PRESETS)}")
+        kw: dict[str, Any] = dict(name=name, **PRESETS[name].fields)
         kw.update(overrides)
         return cls(**kw)
+
+    @classmethod
+    def uniseg_11task(cls, **overrides: Any) -> "UniSegConfig":
+        """The published upstream network (preset ``uniseg_11task``)."""
+        return cls.preset("uniseg_11task", **overrides)
 
     @classmethod
     def btcv(cls, **overrides: Any) -> "UniSegConfig":
-        """The official downstream backbone for BTCV (13 abdominal organs + background, CT)."""
-        kw: dict[str, Any] = dict(name="uniseg_btcv", num_tasks=0, num_classes=14)
-        kw.update(overrides)
-        return cls(**kw)
+        """The official downstream backbone for BTCV (preset ``uniseg_btcv``)."""
+        return cls.preset("uniseg_btcv", **overrides)
 
     @classmethod
     def vs(cls, **overrides: Any) -> "UniSegConfig":
-        """The official downstream backbone for VS (vestibular schwannoma + background, contrast T1 MR)."""
-        kw: dict[str, Any] = dict(name="uniseg_vs", num_tasks=0, num_classes=2)
-        kw.update(overrides)
-        return cls(**kw)
+        """The official downstream backbone for VS (preset ``uniseg_vs``)."""
+        return cls.preset("uniseg_vs", **overrides)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named network: what it is (one line) and the :class:`UniSegConfig` fields that differ from the defaults."""
+
+    description: str
+    fields: dict[str, Any]
+
+
+#: The one declaration of the presets, read by :meth:`UniSegConfig.preset` (and its three shortcuts),
+#: :func:`uniseg_hub.create_model` / :func:`uniseg_hub.list_models` and the timm registration
+#: (:mod:`uniseg_hub.timm_models`). A preset with ``num_tasks > 0`` builds a :class:`~uniseg_hub.UniSeg`, else a
+#: :class:`~uniseg_hub.UniSegBackbone`.
+PRESETS: dict[str, Preset] = {
+    "uniseg_11task": Preset(
+        "Upstream UniSeg: 11 prompt tasks, patch 64x192x192 at 3x1.5x1.5 mm, 4 output classes (32.1M parameters)",
+        dict(num_tasks=11, num_classes=4, tasks=UPSTREAM_TASKS),
+    ),
+    "uniseg_btcv": Preset(
+        "Official downstream backbone for BTCV: 13 abdominal organs + background, CT (no prompt)",
+        dict(num_tasks=0, num_classes=14),
+    ),
+    "uniseg_vs": Preset(
+        "Official downstream backbone for VS: vestibular schwannoma + background, contrast T1 MR (no prompt)",
+        dict(num_tasks=0, num_classes=2),
+    ),
+}

@@ -1,10 +1,10 @@
 """The user-facing entry points for weights: auto-class ``from_pretrained``, ``download``, ``convert_nnunet_v1``
 and the torch.hub entrypoints (re-exported by ``hubconf.py`` and ``uniseg_hub.timm_models``).
 
-They bind the UniSeg model family (:data:`uniseg_hub.model.UNISEG_FAMILY`) to the loader
+They bind the UniSeg model family (:data:`uniseg_hub.models.uniseg.UNISEG_FAMILY`) to the loader
 (:mod:`uniseg_hub.weights.loader`: one resolver for folders, ``.safetensors``, official ``.model`` files, run
 folders, registry names and Hub ids) and the registry (:mod:`uniseg_hub.weights.registry`). :func:`from_pretrained`
-builds the model, loads strictly (mismatches raise :class:`~uniseg_hub.report.LoadError`) and attaches
+builds the model, loads strictly (mismatches raise :class:`~uniseg_hub.weights.report.LoadError`) and attaches
 ``model.load_report``.
 """
 
@@ -17,11 +17,11 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .adapters import from_upstream
+from .models.adapters import from_upstream
 from .config import UniSegConfig
-from .encoder import UniSegEncoder
-from .model import UNISEG_FAMILY, UniSeg, UniSegBackbone, is_official_state_dict
-from .report import LoadReport, load_with_report
+from .models.encoder import UniSegEncoder
+from .models.uniseg import UNISEG_FAMILY, UniSeg, UniSegBackbone, is_official_state_dict
+from .weights.report import LoadReport, load_with_report
 from .weights import loader
 from .weights.loader import build_and_load
 from .weights.registry import DEFAULT_PRETRAINED, REGISTRY_DIR, default_cache_dir, list_pretrained, registry_entry
@@ -77,8 +77,8 @@ def from_pretrained(
 ) -> nn.Module:
     """Load pretrained UniSeg weights from anywhere (see :func:`load_state_and_config`) into a ready model.
 
-    Returns a :class:`~uniseg_hub.model.UniSeg` when the weights hold a prompt, else a
-    :class:`~uniseg_hub.model.UniSegBackbone` (or ``model_cls`` when given), in eval mode, with
+    Returns a :class:`~uniseg_hub.models.uniseg.UniSeg` when the weights hold a prompt, else a
+    :class:`~uniseg_hub.models.uniseg.UniSegBackbone` (or ``model_cls`` when given), in eval mode, with
     ``model.load_report``. ``overrides`` change config fields that do not change shapes (e.g.
     ``deep_supervision=True``).
 
@@ -142,7 +142,7 @@ def uniseg_backbone(pretrained: bool | str = False, checkpoint: str | os.PathLik
     """The prompt-free UniSeg encoder-decoder (official downstream network).
 
     With upstream weights (a prompt in the checkpoint) the official transfer is applied
-    (``uniseg_hub.adapters.from_upstream(..., strategy="official")``) and ``num_classes`` sizes the new heads
+    (``uniseg_hub.models.adapters.from_upstream(..., strategy="official")``) and ``num_classes`` sizes the new heads
     (default: the BTCV preset's 14). With backbone weights they are loaded strictly.
     """
     src = _weights_source(pretrained, checkpoint)

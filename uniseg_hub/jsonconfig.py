@@ -22,6 +22,8 @@ import types
 import typing
 from typing import Any, TypeVar, Union
 
+from .atomic import atomic_write_text
+
 __all__ = ["JsonConfig", "ConfigError"]
 
 T = TypeVar("T", bound="JsonConfig")
@@ -132,10 +134,7 @@ class JsonConfig:
         """The JSON text; with ``path``, also written there (atomically: temporary file, then rename)."""
         text = json.dumps(self.to_dict(), indent=indent)
         if path is not None:
-            tmp = f"{os.fspath(path)}.tmp"
-            with open(tmp, "w", encoding="utf-8") as fh:
-                fh.write(text + "\n")
-            os.replace(tmp, path)
+            atomic_write_text(path, text + "\n")
         return text
 
     @classmethod

@@ -1,8 +1,8 @@
 """timm registration of the UniSeg presets: ``import uniseg_hub.timm_models`` then ``timm.create_model("uniseg_11task")``.
 
-Registered names: ``uniseg_11task`` (the upstream prompt-driven network), ``uniseg_btcv`` and ``uniseg_vs`` (the
-official downstream backbones). Importing this module registers them (``import uniseg_hub`` alone does not, to
-keep timm out of the base import).
+Registered names: one per preset of :data:`uniseg_hub.config.PRESETS` — ``uniseg_11task`` (the upstream
+prompt-driven network), ``uniseg_btcv`` and ``uniseg_vs`` (the official downstream backbones). Importing this module
+registers them (``import uniseg_hub`` alone does not, to keep timm out of the base import).
 
 Why these entrypoints do not go through timm's ``build_model_with_cfg`` / ``FeatureListNet``:
 
@@ -13,7 +13,7 @@ Why these entrypoints do not go through timm's ``build_model_with_cfg`` / ``Feat
 * The weights' preprocessing contract (spacing, CT windowing, z-score) lives in our ``config.json``, not in
   timm's mean/std.
 
-So ``features_only=True`` returns the :class:`~uniseg_hub.encoder.UniSegEncoder` itself: its ``forward`` already
+So ``features_only=True`` returns the :class:`~uniseg_hub.models.encoder.UniSegEncoder` itself: its ``forward`` already
 returns every stage's features (bottleneck last) and it carries ``feature_info`` (``num_chs``, per-axis
 ``reduction``, ``module``), which is what ``FeatureListNet`` would provide. ``pretrained=True`` loads the
 registered weights through :func:`uniseg_hub.hub.from_pretrained`; ``pretrained_cfg_overlay=dict(file=...)``
@@ -22,21 +22,15 @@ registered weights through :func:`uniseg_hub.hub.from_pretrained`; ``pretrained_
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from timm.models import register_model
 from torch import nn
 
-from .config import UniSegConfig
+from .config import PRESETS, UniSegConfig
 from .hub import DEFAULT_PRETRAINED, uniseg, uniseg_backbone, uniseg_encoder
 
-__all__ = ["uniseg_11task", "uniseg_btcv", "uniseg_vs"]
-
-_PRESETS = {
-    "uniseg_11task": UniSegConfig.uniseg_11task,
-    "uniseg_btcv": UniSegConfig.btcv,
-    "uniseg_vs": UniSegConfig.vs,
-}
+__all__: list[str] = []  # timm's register_model appends each registered name
 
 
 def _create(variant: str, pretrained: bool = False, *, features_only: bool = False, out_indices: Any = None,
@@ -53,31 +47,27 @@ def _create(variant: str, pretrained: bool = False, *, features_only: bool = Fal
         source = overlay.get("file") or overlay.get("hf_hub_id") or DEFAULT_PRETRAINED
     if features_only:
         if source is None:
-            return uniseg_encoder(config=_PRESETS[variant](**overrides))
+            return uniseg_encoder(config=UniSegConfig.preset(variant, **overrides))
         return uniseg_encoder(checkpoint=source, **overrides)
-    if variant == "uniseg_11task":
+    if UniSegConfig.preset(variant).num_tasks > 0:
         if source is None:
-            return uniseg(config=_PRESETS[variant](**overrides))
+            return uniseg(config=UniSegConfig.preset(variant, **overrides))
         return uniseg(checkpoint=source, **overrides)
     if source is None:
-        return uniseg_backbone(config=_PRESETS[variant](**overrides))
-    num_classes = overrides.pop("num_classes", _PRESETS[variant]().num_classes)
+        return uniseg_backbone(config=UniSegConfig.preset(variant, **overrides))
+    num_classes = overrides.pop("num_classes", UniSegConfig.preset(variant).num_classes)
     return uniseg_backbone(checkpoint=source, num_classes=num_classes, **overrides)
 
 
-@register_model
-def uniseg_11task(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """Upstream UniSeg, 11 tasks, patch 64x192x192 (32.1M parameters); ``features_only=True``: its encoder."""
-    return _create("uniseg_11task", pretrained, **kwargs)
+def _entrypoint(variant: str) -> Callable[..., nn.Module]:
+    def create(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+        return _create(variant, pretrained, **kwargs)
+
+    create.__name__ = create.__qualname__ = variant
+    create.__module__ = __name__
+    create.__doc__ = f"{PRESETS[variant].description}; ``features_only=True``: its encoder."
+    return create
 
 
-@register_model
-def uniseg_btcv(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """Downstream UniSeg backbone with 14 classes (BTCV); pretrained = official transfer of the upstream weights."""
-    return _create("uniseg_btcv", pretrained, **kwargs)
-
-
-@register_model
-def uniseg_vs(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """Downstream UniSeg backbone with 2 classes (VS); pretrained = official transfer of the upstream weights."""
-    return _create("uniseg_vs", pretrained, **kwargs)
+for _variant in PRESETS:  # one timm entrypoint per preset, named after it
+    globals()[_variant] = register_model(_entrypoint(_variant))

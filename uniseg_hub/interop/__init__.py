@@ -1,4 +1,4 @@
-"""Bridges to the field's other frameworks, for prompt-free :class:`~uniseg_hub.model.UniSegBackbone` networks.
+"""Bridges to the field's other frameworks, for prompt-free :class:`~uniseg_hub.models.uniseg.UniSegBackbone` networks.
 
 * MONAI (:mod:`uniseg_hub.interop.dynunet`): :func:`to_dynunet` / :func:`from_dynunet` — a
   ``monai.networks.nets.DynUNet`` with the same kernels, strides, filters and weights (and deep-supervision heads).

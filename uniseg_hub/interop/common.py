@@ -1,8 +1,8 @@
 """What the MONAI and nnU-Net v2 bridges share: which networks can leave, with which stem, and how a conv bias
 survives a network that has none.
 
-* :func:`check_backbone` — only a prompt-free :class:`~uniseg_hub.model.UniSegBackbone` maps onto a plain U-Net;
-  a prompt-driven :class:`~uniseg_hub.model.UniSeg` gets one message saying why not and what to do instead.
+* :func:`check_backbone` — only a prompt-free :class:`~uniseg_hub.models.uniseg.UniSegBackbone` maps onto a plain U-Net;
+  a prompt-driven :class:`~uniseg_hub.models.uniseg.UniSeg` gets one message saying why not and what to do instead.
 * :func:`resolve_in_channels` — the backbone's first block has one stem conv per channel count
   (``config.input_channels``); a plain U-Net has one input conv, so one stem is chosen.
 * :func:`absorb_conv_bias` — a per-channel constant added before a norm that subtracts the per-channel mean of
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..config import TaskSpec, UniSegConfig
-from ..model import UniSeg, UniSegBackbone
+from ..models.uniseg import UniSeg, UniSegBackbone
 
 __all__ = [
     "InteropDependencyError",
@@ -55,7 +55,7 @@ def check_backbone(model: nn.Module, target: str) -> UniSegBackbone:
         raise ValueError(
             f"a prompt-driven UniSeg cannot become {target}: its decoder reads one more bottleneck channel, the "
             "task prompt fused with each input's own bottleneck features, and a plain U-Net has no such input. "
-            "Transfer it first with uniseg_hub.adapters.from_upstream(model, num_classes=K, strategy='official') "
+            "Transfer it first with uniseg_hub.models.adapters.from_upstream(model, num_classes=K, strategy='official') "
             "(a prompt-free UniSegBackbone, the paper's downstream network), fine-tune it, and export that"
         )
     if not isinstance(model, UniSegBackbone):
@@ -80,7 +80,7 @@ def resolve_in_channels(config: UniSegConfig, in_channels: int | None, target: s
     if in_channels not in config.input_channels:
         raise ValueError(
             f"the network has input stems for {config.input_channels} channels, got in_channels={in_channels}; "
-            "uniseg_hub.adapters.from_upstream(..., in_channels=N) adapts a stem for a new channel count"
+            "uniseg_hub.models.adapters.from_upstream(..., in_channels=N) adapts a stem for a new channel count"
         )
     if spec is not None and len(spec.modalities) != in_channels:
         raise ValueError(

@@ -1,7 +1,7 @@
 """UniSeg backbones as MONAI ``DynUNet`` (and back): same kernels, strides and filters, the same weights.
 
 :func:`to_dynunet` builds a :class:`monai.networks.nets.DynUNet` whose ``eval()`` logits equal the
-:class:`~uniseg_hub.model.UniSegBackbone`'s (float32 rounding: ≤ 1e-4 on the official downstream fixture), and
+:class:`~uniseg_hub.models.uniseg.UniSegBackbone`'s (float32 rounding: ≤ 1e-4 on the official downstream fixture), and
 :func:`from_dynunet` goes the way back. What maps, block by block:
 
 =====================================  =========================================================================
@@ -29,8 +29,8 @@ Axes: ``axes="zyx"`` (default) keeps our ``(B, C, D, H, W) = (z, y, x)`` order; 
 for MONAI-loaded arrays ``(B, C, X, Y, Z)`` (kernels, strides and every kernel tensor reversed — exact), so it
 plugs into MONAI transforms and ``monai.inferers.sliding_window_inference`` without a permute.
 
-What does not map: a prompt-driven :class:`~uniseg_hub.model.UniSeg` (no prompt input in DynUNet: transfer it
-with :func:`uniseg_hub.adapters.from_upstream` first), stems for other channel counts (DynUNet has one input
+What does not map: a prompt-driven :class:`~uniseg_hub.models.uniseg.UniSeg` (no prompt input in DynUNet: transfer it
+with :func:`uniseg_hub.models.adapters.from_upstream` first), stems for other channel counts (DynUNet has one input
 conv: choose with ``in_channels``), ``conv_per_stage != 2`` (``UnetBasicBlock`` has two convs), fewer than three
 stages, and strides whose MONAI padding ``(k - s + 1) // 2`` differs from ours ``(k - 1) // 2``.
 """
@@ -50,8 +50,8 @@ from monai.networks.nets import DynUNet
 from torch import nn
 
 from ..config import UniSegConfig
-from ..model import UniSegBackbone
-from ..report import load_with_report
+from ..models.uniseg import UniSegBackbone
+from ..weights.report import load_with_report
 from .common import BackboneLayout, absorb_conv_bias, check_backbone, resolve_in_channels, sub_state
 
 __all__ = ["to_dynunet", "from_dynunet", "dynunet_kwargs", "dynunet_outputs", "save_dynunet_bundle",
@@ -148,7 +148,7 @@ def _dyn_layers(net: DynUNet) -> tuple[_Pairs, list[nn.ConvTranspose3d], _Pairs,
 @torch.no_grad()
 def to_dynunet(model: nn.Module, in_channels: int | None = None, *, axes: Axes = "zyx",
                deep_supervision: bool | None = None) -> DynUNet:
-    """A MONAI ``DynUNet`` holding the weights of a :class:`~uniseg_hub.model.UniSegBackbone`.
+    """A MONAI ``DynUNet`` holding the weights of a :class:`~uniseg_hub.models.uniseg.UniSegBackbone`.
 
     Args:
         model: any downstream backbone (``from_upstream(..., strategy="official")``, a fine-tuned model,
@@ -255,7 +255,7 @@ def _config_of(net: DynUNet, flip: bool, patch_size: Sequence[int] | None) -> Un
 @torch.no_grad()
 def from_dynunet(dynunet: DynUNet, config: UniSegConfig | None = None, *, axes: Axes = "zyx",
                  patch_size: Sequence[int] | None = None) -> UniSegBackbone:
-    """The way back: a :class:`~uniseg_hub.model.UniSegBackbone` holding a DynUNet's weights.
+    """The way back: a :class:`~uniseg_hub.models.uniseg.UniSegBackbone` holding a DynUNet's weights.
 
     Args:
         dynunet: a ``DynUNet`` with UniSeg's structure (plain blocks, no dropout, filters ``min(base·2^s, max)``,

@@ -48,8 +48,8 @@ import torch
 from torch import nn
 
 from ..config import TaskSpec, UniSegConfig
-from ..adapters import from_upstream
-from ..model import UNISEG_FAMILY, UniSeg, UniSegBackbone
+from ..models.adapters import from_upstream
+from ..models.uniseg import UNISEG_FAMILY, UniSeg, UniSegBackbone
 from ..weights.loader import load_pretrained
 from .common import BackboneLayout, check_backbone, require, resolve_in_channels, sub_state
 
@@ -150,7 +150,7 @@ def to_plain_conv_unet(model: nn.Module, in_channels: int | None = None, num_cla
     """Stock nnU-Net v2 ``PlainConvUNet`` (eval mode, no deep supervision) holding a backbone's weights.
 
     Args:
-        model: a :class:`~uniseg_hub.model.UniSegBackbone`.
+        model: a :class:`~uniseg_hub.models.uniseg.UniSegBackbone`.
         in_channels: the stem (default: the task's modality count, else the only stem).
         num_classes: keep the first ``num_classes`` head rows (default: the task's classes, else all).
 
@@ -374,7 +374,7 @@ def to_nnunetv2(model: nn.Module, folder: str | os.PathLike, *, dataset_name: st
     ``nnUNetPredictor.initialize_from_trained_model_folder(folder, use_folds=(fold,))`` take it anywhere.
 
     Args:
-        model: a :class:`~uniseg_hub.model.UniSegBackbone` (a ``UniSeg`` raises: transfer it first).
+        model: a :class:`~uniseg_hub.models.uniseg.UniSegBackbone` (a ``UniSeg`` raises: transfer it first).
         folder: the folder to write (created; existing files are replaced).
         dataset_name: ``DatasetNNN_Name`` (default ``Dataset999_<task or model name>``).
         task: what the channels and classes are (default: ``model.config.tasks[0]``).
@@ -432,7 +432,7 @@ def export_nnunetv2_pretrained(weights: Any, out_dir: str | os.PathLike, *, in_c
                                check: bool = True, atol: float = 1e-4) -> Nnunetv2Export:
     """Pretrained weights for ``nnUNetv2_train ... -pretrained_weights FILE`` and the plans to train them with.
 
-    A prompt-driven UniSeg is transferred first the paper's way (:func:`uniseg_hub.adapters.from_upstream`,
+    A prompt-driven UniSeg is transferred first the paper's way (:func:`uniseg_hub.models.adapters.from_upstream`,
     ``strategy="official"``: prompt and fusion dropped, the first transposed conv's prompt channel dropped; a
     channel count without a pretrained stem gets one adapted from the nearest). ``out_dir`` gets:
 
@@ -447,7 +447,7 @@ def export_nnunetv2_pretrained(weights: Any, out_dir: str | os.PathLike, *, in_c
       (your ``nnUNetPlans.json``) it is also merged into that file.
 
     Args:
-        weights: a model, or anything :func:`uniseg_hub.adapters.load_upstream` / ``from_pretrained`` takes.
+        weights: a model, or anything :func:`uniseg_hub.models.adapters.load_upstream` / ``from_pretrained`` takes.
         in_channels: input channels of your data set (default: a backbone's task / only stem).
         modalities: one modality per channel (picks the normalisation of ``<plans_name>.json``).
         dataset_plans: an nnU-Net v2 plans file to add ``configuration`` to (in place).

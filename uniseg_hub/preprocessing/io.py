@@ -79,6 +79,14 @@ def _load_one(path: Path) -> tuple[np.ndarray, np.ndarray, Any, tuple[float, flo
     return data, np.asarray(img.affine, dtype=np.float64), img.header, spacing  # type: ignore[return-value]
 
 
+def _has_dicom_preamble(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
 def _load_dicom_series(folder: Path) -> tuple[np.ndarray, np.ndarray, Any, tuple[float, float, float]]:
     """A folder holding one DICOM series, read with MONAI's ``PydicomReader`` (slices sorted by position, LPS→RAS)."""
     from monai.data import PydicomReader
@@ -86,6 +94,10 @@ def _load_dicom_series(folder: Path) -> tuple[np.ndarray, np.ndarray, Any, tuple
     files = [f for f in sorted(folder.iterdir()) if f.is_file()]
     if not files:
         raise ValueError(f"{str(folder)!r} is an empty folder: expected a folder of DICOM slices of one series")
+    if not any(_has_dicom_preamble(f) for f in files):
+        names = ", ".join(f.name for f in files[:3]) + (", ..." if len(files) > 3 else "")
+        raise ValueError(f"{str(folder)!r} holds {len(files)} file(s) ({names}) but no DICOM file (no 'DICM' marker): "
+                         "expected a folder of DICOM slices of one series, or a NIfTI file")
     try:
         reader = PydicomReader(fname_regex=None)  # None: keep only files pydicom recognises as DICOM
         data, meta = reader.get_data(reader.read(str(folder)))
@@ -100,7 +112,7 @@ def load_image(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> Loaded
     """Read one scan from one file per channel (NIfTI files or DICOM series folders).
 
     Raises a single clear error for a missing file, a file that is neither NIfTI nor DICOM, a non-3D image,
-    channels of different shapes, and NaN/inf voxels.
+    channels of different shapes, NaN/inf voxels and constant (blank) volumes.
 
     Returns:
         :class:`LoadedImage` with ``array`` of shape ``(C, Z, Y, X)``, ``C = len(paths)``.
@@ -118,6 +130,10 @@ def load_image(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> Loaded
         if not np.isfinite(data).all():
             bad = int((~np.isfinite(data)).sum())
             raise ValueError(f"{str(p)!r} holds {bad} NaN/inf voxel(s): expected finite intensities everywhere")
+        lo, hi = float(data.min()), float(data.max())
+        if lo == hi:
+            raise ValueError(f"{str(p)!r} is constant (every voxel is {lo:g}): expected a scan with contrast — an "
+                             "empty, blank or fully masked volume cannot be segmented")
         if first is None:
             first = (data.shape, affine, header, spacing)
         elif data.shape != first[0]:

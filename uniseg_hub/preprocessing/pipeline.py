@@ -23,6 +23,7 @@ low-resolution axis), argmax, placed into the crop box.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -33,6 +34,7 @@ import torch
 from ..config import PreprocessingConfig, TaskSpec
 from ..data.case import Case
 from ..data.raw import RawCase
+from ..resources import check_memory
 from .crop import bbox_of, nonzero_mask
 from .io import LoadedImage, load_image, load_label
 from .normalize import normalize
@@ -73,6 +75,29 @@ class Preprocessed:
     label: np.ndarray | None = None
 
 
+def check_spacing(spacing: Sequence[float], what: str) -> tuple[float, float, float]:
+    """``spacing`` as three floats, or a ``ValueError`` naming ``what`` unless they are finite and in [0.001, 100] mm."""
+    try:
+        values = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be three numbers (z, y, x) in mm, got {spacing!r}") from None
+    if len(values) != 3 or not all(math.isfinite(s) and 1e-3 <= s <= 100 for s in values):
+        raise ValueError(f"{what} must be three finite voxel sizes (z, y, x) between 0.001 and 100 mm, got "
+                         f"{tuple(spacing)}" + (" (a broken header? pass the spacing explicitly)" if "spacing of" in what else ""))
+    return values  # type: ignore[return-value]
+
+
+def _check_resampling_memory(shape: Sequence[int], new_shape: Sequence[int], channels: int, device: torch.device,
+                             limit_gb: float | None, target: Sequence[float]) -> None:
+    """Refuse before allocating: float64 cubic resampling holds the input, the output and one intermediate per
+    channel, plus int16 masks and the float32 result (a rough upper estimate)."""
+    vin, vout = math.prod(shape), math.prod(new_shape)
+    needed = 8 * channels * (vin + 2 * vout) + 4 * channels * vout + 6 * vout
+    check_memory(needed, f"resampling {tuple(shape)} to {tuple(new_shape)} voxels at {tuple(target)} mm", device,
+                 limit_gb, "choose a coarser target spacing (--spacing), crop the scan, or raise the memory limit "
+                 "(--memory-limit-gb)")
+
+
 def preprocess(
     image: LoadedImage,
     modalities: Sequence[str],
@@ -81,6 +106,7 @@ def preprocess(
     label: np.ndarray | None = None,
     spacing: Sequence[float] | None = None,
     device: str | torch.device = "cpu",
+    memory_limit_gb: float | None = None,
 ) -> Preprocessed:
     """Crop, resample and normalise a loaded scan (and its label map) as nnU-Net v1 does (module docstring).
 
@@ -92,6 +118,10 @@ def preprocess(
             values ``>= 0`` (``-1`` is reserved for "outside").
         spacing: target spacing ``(z, y, x)`` overriding ``config.spacing`` (e.g. coarser for speed).
         device: where to resample (a GPU makes the cubic resize of large CTs fast).
+        memory_limit_gb: refuse (:class:`~uniseg_hub.resources.MemoryEstimateError`) before resampling when the
+            estimated peak exceeds this (default: 80% of physical memory, 90% of a GPU's).
+
+    Spacings (the image's and the target) must be three finite numbers in [0.001, 100] mm.
 
     The image arrays do not depend on ``label``: ``preprocess(image, ...).data`` is bitwise the ``data`` of the
     same call with a label.
@@ -110,7 +140,8 @@ def preprocess(
             raise ValueError(f"label map must hold integer values, got dtype {label.dtype}")
         if label.size and int(label.min()) < 0:
             raise ValueError(f"label map holds negative values (min {int(label.min())}): -1 is reserved for outside the nonzero region")
-    target = tuple(float(s) for s in (spacing if spacing is not None else config.spacing))
+    check_spacing(image.spacing, f"the spacing of {image.paths[0] if image.paths else 'the image'!r}")
+    target = check_spacing(spacing if spacing is not None else config.spacing, "the target spacing")
     region = nonzero_mask(image.array)
     bbox = bbox_of(region)
     box = tuple(slice(a, b) for a, b in bbox)
@@ -119,6 +150,7 @@ def preprocess(
     new_shape = target_shape(cropped_shape, image.spacing, target)
     if min(new_shape) < 1:
         raise ValueError(f"target spacing {target} leaves an empty volume for input shape {cropped_shape}")
+    _check_resampling_memory(cropped_shape, new_shape, cropped.shape[0], torch.device(device), memory_limit_gb, target)
     axis = separate_z_axis(image.spacing, target)
     data = torch.as_tensor(cropped, device=device).double()
     data = resample_volume(data, new_shape, order=3, separate_axis=axis, order_z=0).float()

@@ -9,7 +9,7 @@ scores whole volumes.
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import AugmentationConfig, TrainConfig
 from .distributed import DistributedContext, init_distributed
-from .engine import TrainResult, finetune
+from .engine import TrainResult, check_run_folder, finetune
 from .losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights, downsample_labels
 from .metrics import segmentation_metrics
 from .sampling import PatchSampler
@@ -22,6 +22,7 @@ __all__ = [
     "Trainer",
     "TrainResult",
     "finetune",
+    "check_run_folder",
     "evaluate",
     "predict_volume",
     "validate_with_predictor",

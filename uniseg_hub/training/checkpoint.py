@@ -1,4 +1,4 @@
-"""Training checkpoints written atomically (temporary file + ``os.replace``) and read with ``weights_only=True``.
+"""Training checkpoints written atomically (:mod:`uniseg_hub.atomic`) and read with ``weights_only=True``.
 
 A checkpoint holds the :class:`~uniseg_hub.training.Trainer` state (model, optimizer, grad scaler, epoch), the epoch, the history, and every
 random state the run uses (the sampling/augmentation generator, torch CPU and CUDA), so ``resume`` continues
@@ -8,40 +8,23 @@ exactly where the run stopped. A process killed while writing leaves the previou
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..atomic import atomic_file
+
 __all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "restore_rng_state"]
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` with ``torch.save`` to a temporary file next to ``path``, fsync it, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-    return path
+    """Write ``payload`` with ``torch.save`` atomically (:func:`uniseg_hub.atomic.atomic_file`: temporary file next
+    to ``path``, fsync, rename): a kill leaves the previous checkpoint or the new one, never a partial file."""
+    with atomic_file(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

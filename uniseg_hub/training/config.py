@@ -144,7 +144,7 @@ class TrainConfig(JsonConfig):
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...; ``None`` picks CUDA when available.
         progress: tqdm progress bars.
         channels_last, grad_checkpointing: the lean training settings of
-            :func:`uniseg_hub.perf.optimize_for_training` (same results; faster / less memory, see benchmarks).
+            :func:`uniseg_hub.models.perf.optimize_for_training` (same results; faster / less memory, see benchmarks).
     """
 
     epochs: int = 100

@@ -33,6 +33,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..resources import resolve_device
+
 __all__ = ["DistributedContext", "init_distributed", "group_context", "sum_across_ranks"]
 
 logger = logging.getLogger(__name__)
@@ -132,7 +134,7 @@ def init_distributed(device: str | torch.device | None = None) -> DistributedCon
       default CUDA when available); the CUDA index is always ``LOCAL_RANK``.
     * Otherwise the run is a single process on ``device``.
     """
-    want = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    want = resolve_device(device)
     if dist.is_available() and dist.is_initialized():
         return group_context(want)
     if _env_int("WORLD_SIZE", 1) > 1:
@@ -162,7 +164,7 @@ def group_context(device: str | torch.device | None = None) -> DistributedContex
     """The context of an already initialised process group (a single process when there is none).
 
     On CUDA the device index is ``LOCAL_RANK`` (else the rank modulo the GPU count)."""
-    want = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    want = resolve_device(device)
     if not (dist.is_available() and dist.is_initialized()):
         return DistributedContext(device=want)
     rank, world = dist.get_rank(), dist.get_world_size()

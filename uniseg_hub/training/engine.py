@@ -1,8 +1,8 @@
 """The fine-tuning front door (:func:`finetune`): data sampling and augmentation around :class:`Trainer`, validation,
 checkpoints with exact resume, and the model folders a run ends with.
 
-One loop serves the prompt-free :class:`~uniseg_hub.model.UniSegBackbone` and the prompt-driven
-:class:`~uniseg_hub.model.UniSeg` (each sample is fed its own task id and its loss uses its own task's output
+One loop serves the prompt-free :class:`~uniseg_hub.models.uniseg.UniSegBackbone` and the prompt-driven
+:class:`~uniseg_hub.models.uniseg.UniSeg` (each sample is fed its own task id and its loss uses its own task's output
 channels, so several tasks can share a run: the upstream multi-task recipe). The run is a pure function of
 ``config.seed``: sampling and augmentation draw from one numpy generator whose state is checkpointed every epoch
 together with the trainer's state, so ``resume=True`` continues exactly, and a killed run loses at most the
@@ -17,6 +17,9 @@ A run folder (``config.output_dir``) holds::
                            model.safetensors, README.md (model card: upstream weights, strategy, recipe, data, Dice)
     result.json            final validation (predictor on the raw files), times, paths
 
+Every file and folder of it is written atomically (:mod:`uniseg_hub.atomic`): a run killed at any moment leaves each
+one complete, in its previous or its new version.
+
 ``from_pretrained(run_folder)``, ``uniseg-hub predict --weights RUN_FOLDER`` and ``uniseg-hub info RUN_FOLDER`` load
 ``final/``.
 """
@@ -28,7 +31,6 @@ import csv
 import json
 import logging
 import math
-import os
 import resource
 import time
 from dataclasses import asdict, dataclass, field
@@ -40,9 +42,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_file, atomic_write_text
 from ..data.case import Case
-from ..formats.safetensors_dir import save_folder
-from ..perf import optimize_for_training
+from ..weights.safetensors_dir import save_folder
+from ..models.perf import optimize_for_training
 from .augment import augment_batch, build_augmentation
 from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .config import TrainConfig
@@ -53,7 +56,7 @@ from .sampling import PatchSampler, sampling_patch_size
 from .trainer import Trainer
 from .validation import evaluate, validate_with_predictor
 
-__all__ = ["TrainResult", "finetune", "LATEST", "FINAL", "BEST", "RESULT"]
+__all__ = ["TrainResult", "finetune", "check_run_folder", "LATEST", "FINAL", "BEST", "RESULT"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,19 +95,15 @@ class TrainResult:
 
 
 def _write_logs(out: Path, history: list[dict[str, Any]], config: TrainConfig, resumed_at: Sequence[int]) -> None:
-    tmp = out / "log.json.tmp"
-    tmp.write_text(json.dumps({"config": config.to_dict(), "history": history, "resumed_after_epochs": list(resumed_at)},
-                              indent=2, default=str) + "\n")
-    os.replace(tmp, out / "log.json")
+    atomic_write_text(out / "log.json", json.dumps(
+        {"config": config.to_dict(), "history": history, "resumed_after_epochs": list(resumed_at)}, indent=2, default=str) + "\n")
     columns: list[str] = []
     for h in history:
         columns += [k for k in h if k not in columns]
-    tmp = out / "log.csv.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_file(out / "log.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         writer.writerows(history)
-    os.replace(tmp, out / "log.csv")
     plot_curves(history, out / "curves.png", resumed_at=resumed_at)
 
 
@@ -114,8 +113,10 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to start a new run over an earlier one unless asked (``resume`` continues it, ``overwrite`` replaces it)."""
+def check_run_folder(out: str | Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a run in a folder that is not empty unless asked (``resume`` continues the run there,
+    ``overwrite`` replaces it); the error says what the folder holds. Called before any work starts."""
+    out = Path(out)
     if resume:
         if not (out / LATEST).is_file():
             raise FileNotFoundError(f"cannot resume: {out / LATEST} does not exist (start the run without --resume)")
@@ -125,16 +126,18 @@ def _check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
     if not out.is_dir():
         raise ValueError(f"output folder {out} exists and is not a folder")
     found = sorted(p.name for p in out.iterdir())
-    earlier = [n for n in found if n in (LATEST, FINAL, BEST, RESULT, "log.json")]
-    if earlier and not overwrite:
+    if found and not overwrite:
+        earlier = [n for n in found if n in (LATEST, FINAL, BEST, RESULT, "log.json")]
         epoch = ""
         if (out / "log.json").is_file():
             try:
                 epoch = f" after {len(json.loads((out / 'log.json').read_text())['history'])} epoch(s)"
             except (ValueError, KeyError, OSError):
                 pass
-        raise ValueError(f"{out} already holds a fine-tuning run{epoch} ({', '.join(earlier)}): continue it with "
-                         "resume=True (--resume), replace it with overwrite=True (--overwrite), or choose another folder")
+        what = f"a fine-tuning run{epoch}" if earlier else f"{len(found)} other file(s)"
+        shown = ", ".join(found[:6]) + (", ..." if len(found) > 6 else "")
+        raise ValueError(f"{out} is not empty: it holds {what} ({shown}): continue a run with resume=True (--resume), "
+                         "replace it with overwrite=True (--overwrite), or choose another folder")
 
 
 def _save_model_folder(model: nn.Module, folder: Path, provenance: dict[str, Any]) -> Path:
@@ -174,8 +177,8 @@ def finetune(
     """Fine-tune ``model`` on ``train_cases`` with the official recipe (see :class:`TrainConfig`), through :class:`Trainer`.
 
     Args:
-        model: a :class:`~uniseg_hub.model.UniSegBackbone` (e.g. from :func:`uniseg_hub.adapters.from_upstream`)
-            or a :class:`~uniseg_hub.model.UniSeg`; trained in place (frozen parameters stay frozen). Its config
+        model: a :class:`~uniseg_hub.models.uniseg.UniSegBackbone` (e.g. from :func:`uniseg_hub.models.adapters.from_upstream`)
+            or a :class:`~uniseg_hub.models.uniseg.UniSeg`; trained in place (frozen parameters stay frozen). Its config
             should carry the data set's plan and class names (``from_upstream(..., plan=..., task=...)``).
         train_cases, val_cases: preprocessed labelled cases (:func:`uniseg_hub.preprocessing.preprocess_case`).
         resume: continue from ``<output_dir>/checkpoint_latest.pt`` (the result equals an uninterrupted run).
@@ -223,7 +226,7 @@ def _finetune(model: nn.Module, train_cases: list[Case], val_cases: list[Case], 
     if resume and out is None:
         raise ValueError("resume=True needs config.output_dir (where checkpoint_latest.pt is)")
     if out is not None and ctx.is_main:
-        _check_run_folder(out, resume, overwrite)
+        check_run_folder(out, resume, overwrite)
         out.mkdir(parents=True, exist_ok=True)
     if config.channels_last or config.grad_checkpointing:
         optimize_for_training(model, channels_last=config.channels_last, grad_checkpointing=config.grad_checkpointing)
@@ -329,10 +332,8 @@ def _finetune(model: nn.Module, train_cases: list[Case], val_cases: list[Case], 
         _save_model_folder(model, out / FINAL, _provenance(model, config, train_cases, history, validation))
         result.checkpoints = {"latest": str(out / LATEST)}
         result.model_dirs = {k: str(out / k) for k in (FINAL, BEST) if (out / k / "model.safetensors").is_file()}
-        tmp = out / (RESULT + ".tmp")
-        tmp.write_text(json.dumps({k: v for k, v in result.to_dict().items() if k != "history"} | {
+        atomic_write_text(out / RESULT, json.dumps({k: v for k, v in result.to_dict().items() if k != "history"} | {
             "epochs": len(history), "recipe": config.to_dict(), "provenance": model.config.provenance}, indent=2, default=str) + "\n")
-        os.replace(tmp, out / RESULT)
     ctx.barrier()
     return result
 

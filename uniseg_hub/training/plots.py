@@ -6,7 +6,7 @@ import math
 import os
 from typing import Sequence
 
-from ..plotting import epoch_axis, new_figure, save_figure
+from ..plots.style import epoch_axis, new_figure, save_figure
 
 __all__ = ["plot_curves"]
 

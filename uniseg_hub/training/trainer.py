@@ -25,32 +25,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..adapters import param_groups  # layer-wise decay over timm-style groups
+from ..resources import resolve_device
+from ..models.adapters import param_groups  # layer-wise decay over timm-style groups
 from .config import TrainConfig
 from .distributed import DistributedContext
 from .losses import DeepSupervisionLoss
 
-__all__ = ["Trainer", "resolve_device"]
+__all__ = ["Trainer"]
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device``, or CUDA when available; a clear error for a CUDA device that is not there."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"unknown device {device!r}: expected 'cpu', 'cuda' or 'cuda:N' ({e})") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} was asked for, but no CUDA GPU is available here: use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
-    elif dev.type != "cpu":
-        raise ValueError(f"unsupported device {device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
-    return dev
 
 
 def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
@@ -67,7 +50,7 @@ class Trainer:
     """The official training iteration for one model (see the module docstring).
 
     Args:
-        model: a :class:`~uniseg_hub.model.UniSegBackbone` or :class:`~uniseg_hub.model.UniSeg`, trained in place
+        model: a :class:`~uniseg_hub.models.uniseg.UniSegBackbone` or :class:`~uniseg_hub.models.uniseg.UniSeg`, trained in place
             (moved to the device, deep supervision switched to ``config.deep_supervision``; frozen parameters stay
             frozen and get no optimizer state).
         config: the recipe (:class:`TrainConfig`; its defaults are the official values).

@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from ..data.case import Case
+from ..resources import resolve_device
 from ..inference import UniSegPredictor, sliding_window_inference
 from ..preprocessing import load_image, load_label
 from .distributed import DistributedContext, group_context
 from .metrics import nanmean, segmentation_metrics
-from .trainer import resolve_device
 
 __all__ = ["predict_volume", "evaluate", "validate_with_predictor", "summarise"]
 

@@ -3,15 +3,15 @@
 :func:`load_state_and_config` turns anything a user may hold into ``(state dict in uniseg_hub key names,
 UniSegConfig, source)``:
 
-* a local ``save_pretrained`` folder or ``.safetensors`` file (:mod:`uniseg_hub.formats.safetensors_dir`), or a
+* a local ``save_pretrained`` folder or ``.safetensors`` file (:mod:`uniseg_hub.weights.safetensors_dir`), or a
   fine-tuning run folder (its ``final/`` model);
 * an official nnU-Net v1 ``.model`` (+ ``.model.pkl``) file, or a folder holding one, read without executing
-  pickled code (:mod:`uniseg_hub.formats.nnunet_v1`) and renamed by the family's ``filter_fn``;
+  pickled code (:mod:`uniseg_hub.weights.nnunet_v1`) and renamed by the family's ``filter_fn``;
 * a name from the weights registry (:mod:`uniseg_hub.weights.registry`), fetched and converted once by :func:`download`;
 * a Hugging Face Hub id (``org/name``), resolved through huggingface_hub's cache.
 
 This module never imports a model (timm's ``build_model_with_cfg`` pattern): which class a config builds and how
-official keys map to ours come in as a :class:`ModelFamily` (``uniseg_hub.model.UNISEG_FAMILY``).
+official keys map to ours come in as a :class:`ModelFamily` (``uniseg_hub.models.uniseg.UNISEG_FAMILY``).
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 from torch import nn
 
+from ..atomic import recovered_path
 from ..config import UniSegConfig
-from ..formats.nnunet_v1 import CheckpointError, load_nnunet_v1_checkpoint
-from ..formats.safetensors_dir import CONFIG_NAME, WEIGHTS_NAME, read_safetensors, save_folder
-from ..report import load_with_report
+from .nnunet_v1 import CheckpointError, load_nnunet_v1_checkpoint
+from .safetensors_dir import CONFIG_NAME, WEIGHTS_NAME, read_safetensors, save_folder
+from .report import load_with_report
 from .registry import default_cache_dir, fetch, list_pretrained, registry_entry, sha256_file
 
 __all__ = ["ModelFamily", "load_state_and_config", "build_and_load", "load_pretrained", "convert_nnunet_v1", "download"]
@@ -95,7 +96,7 @@ def load_state_and_config(
         family: the model classes and key filter (official checkpoints).
     """
     raw = str(id_or_path)
-    path = Path(raw).expanduser()
+    path = recovered_path(Path(raw).expanduser())  # an interrupted atomic folder swap reads as the old folder
     if path.is_dir() and not (path / WEIGHTS_NAME).is_file():
         path = _run_folder_model(path)
     if path.is_dir():
@@ -147,11 +148,11 @@ def load_state_and_config(
 
 def _run_folder_model(path: Path) -> Path:
     """A fine-tuning run folder (``uniseg_hub.training.finetune``'s output) → its ``final/`` model folder."""
-    final = path / "final"
+    final = recovered_path(path / "final")
     if (final / WEIGHTS_NAME).is_file():
         return final
     if (path / "checkpoint_latest.pt").is_file():
-        best = path / "best"
+        best = recovered_path(path / "best")
         hint = f" its best model so far is in {best}," if (best / WEIGHTS_NAME).is_file() else ""
         raise CheckpointError(f"{path} holds a fine-tuning run that has not finished (no final/ model folder yet):{hint} "
                               "resume it with `uniseg-hub finetune ... --resume` to finish it")
@@ -203,9 +204,9 @@ def load_pretrained(
 ) -> nn.Module:
     """Load pretrained UniSeg weights from anywhere (see :func:`load_state_and_config`) into a ready model.
 
-    Returns a :class:`~uniseg_hub.model.UniSeg` when the weights hold a prompt, else a
-    :class:`~uniseg_hub.model.UniSegBackbone` (or ``model_cls`` when given), in eval mode, with
-    ``model.load_report`` (a :class:`~uniseg_hub.report.LoadReport`). ``overrides`` change config fields that
+    Returns a :class:`~uniseg_hub.models.uniseg.UniSeg` when the weights hold a prompt, else a
+    :class:`~uniseg_hub.models.uniseg.UniSegBackbone` (or ``model_cls`` when given), in eval mode, with
+    ``model.load_report`` (a :class:`~uniseg_hub.weights.report.LoadReport`). ``overrides`` change config fields that
     do not change shapes (e.g. ``deep_supervision=True``).
 
     Raises:
@@ -236,7 +237,10 @@ def convert_nnunet_v1(
     plans_path: str | os.PathLike | None = None,
     provenance: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Convert an official ``.model`` (+ ``.model.pkl``) into a ``save_pretrained`` folder (strictly checked)."""
+    """Convert an official ``.model`` (+ ``.model.pkl``) into a ``save_pretrained`` folder (strictly checked).
+
+    The folder is written only once the conversion succeeded, and atomically as a whole (:func:`save_folder`): a
+    kill never leaves an empty folder, or weights without their config."""
     checkpoint = Path(checkpoint)
     state, cfg, meta = load_nnunet_v1_checkpoint(checkpoint, plans_path)
     if cfg is None:

@@ -2,7 +2,8 @@
 
 The entries are package data (``uniseg_hub/registry/*.json``, with the demo weights they point at), so an
 installed wheel carries them; ``UNISEG_HUB_REGISTRY=/path/a:/path/b`` adds folders searched first. Downloads go
-to ``$UNISEG_HUB_CACHE`` or ``~/.cache/uniseg_hub/<name>/`` through a temp file renamed only after the sha256 check.
+to ``$UNISEG_HUB_CACHE`` or ``~/.cache/uniseg_hub/<name>/`` through a temp file renamed only after the sha256 check
+(:func:`uniseg_hub.atomic.atomic_file`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import urllib.parse
 import urllib.request
 import zipfile
@@ -23,8 +23,9 @@ from typing import Any, Mapping
 from huggingface_hub import hf_hub_download
 from tqdm.auto import tqdm
 
-from ..formats.nnunet_v1 import CheckpointError
-from ..formats.safetensors_dir import CONFIG_NAME, WEIGHTS_NAME
+from ..atomic import atomic_file
+from .nnunet_v1 import CheckpointError
+from .safetensors_dir import CONFIG_NAME, WEIGHTS_NAME
 
 __all__ = ["REGISTRY_DIR", "DEFAULT_PRETRAINED", "list_pretrained", "registry_entry", "default_cache_dir", "sha256_file", "fetch"]
 
@@ -81,12 +82,9 @@ def sha256_file(path: Path) -> str:
 
 def _fetch(url: str, dest: Path, sha256: str | None, progress: bool) -> Path:
     """Download ``url`` to ``dest`` through a temp file that is renamed only after the sha256 check passes."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
     h = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as out:
+    with atomic_file(dest) as tmp:
+        with tmp.open("wb") as out:
             url = _fetch_into(url, out, h, progress, dest.name)
         if sha256 is not None and h.hexdigest() != sha256.lower():
             raise ValueError(
@@ -95,9 +93,6 @@ def _fetch(url: str, dest: Path, sha256: str | None, progress: bool) -> Path:
             )
         if sha256 is None:
             logger.warning("no sha256 is known for %s: the file (sha256 %s) was not verified", url, h.hexdigest())
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 
@@ -137,7 +132,10 @@ def _unpack_official(downloaded: Path, target: Path, checkpoint: str) -> Path:
     with zipfile.ZipFile(downloaded) as zf:
         names = zf.namelist()
         if any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):  # a torch.save zip: the .model itself
-            return model_path if downloaded == model_path else Path(shutil.copyfile(downloaded, model_path))
+            if downloaded != model_path:
+                with atomic_file(model_path) as tmp:
+                    shutil.copyfile(downloaded, tmp)
+            return model_path
         wanted = {checkpoint: None, checkpoint + ".pkl": None}
         for n in names:
             base = n.rsplit("/", 1)[-1]
@@ -147,7 +145,7 @@ def _unpack_official(downloaded: Path, target: Path, checkpoint: str) -> Path:
             raise CheckpointError(f"{downloaded}: archive holds no {checkpoint} (found {names[:10]})")
         for base, member in wanted.items():
             if member is not None:
-                with zf.open(member) as src, (target / base).open("wb") as dst:
+                with zf.open(member) as src, atomic_file(target / base) as tmp, tmp.open("wb") as dst:
                     shutil.copyfileobj(src, dst)
     return model_path
 
