@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import copy
 import inspect
-import shutil
 import logging
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -96,7 +96,7 @@ class UniSegPredictor:
             :func:`uniseg_hub.models.perf.try_compile` (one graph, inductor freezing; falls back to eager, with a
             warning in the log, if compilation fails). ``"auto"`` compiles on the CPU, when a C++ compiler is
             present, for a job long enough to repay the compile time: at least :data:`AUTO_COMPILE_VOXEL_FORWARDS`
-            window-voxels x forward passes (the first volume decides; the rule is derived in the module docstring).
+            window-voxels x forward passes (the first volume decides; the rule's numbers are given with that constant).
 
     Example:
         >>> predictor = UniSegPredictor(model, mirror=False)
