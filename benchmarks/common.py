@@ -242,14 +242,16 @@ def write_json(path: str | os.PathLike | None, data: Mapping[str, Any]) -> Path 
     return path
 
 
-def run_child(script: str | os.PathLike, args: Iterable[str], timeout: float | None = None) -> dict[str, Any]:
-    """Run ``python script *args`` in a fresh process that prints one JSON object as its last stdout line.
+def run_child(script: str | os.PathLike, args: Iterable[str], timeout: float | None = None,
+              env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Run ``python script *args`` in a fresh process that prints one JSON object as its last stdout line
+    (``env``: the child's whole environment; default this process's).
 
     The child's own ``ru_maxrss`` (measured by itself) is its peak memory, unaffected by the parent. Raises
     ``RuntimeError`` with the child's stderr tail if it fails.
     """
     cmd = [sys.executable, str(script), *map(str, args)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=None if env is None else dict(env))
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark child {' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]

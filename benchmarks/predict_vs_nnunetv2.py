@@ -46,6 +46,11 @@ Rows (``--variants``), each in its own child process (peak memory = the child's 
 interleaved (every repeat runs every variant once):
 
 * ``nnunetv2``: stock ``nnUNetPredictor`` (the baseline; ``ratio`` = its min time / the row's min time).
+* ``nnunetv2_thp``: stock ``nnUNetPredictor`` with ``THP_MEM_ALLOC_ENABLE=1`` in its environment: the huge pages
+  ``import uniseg_hub`` turns on by default (:mod:`uniseg_hub._hugepages`), given to nnU-Net v2 too, so the gain of
+  that switch and the rest of ours can be told apart. Every other child starts with the variable *unset* (what a
+  user's shell has), whatever the parent's environment says; each row records ``huge_pages`` (whether large tensors
+  got huge pages in that child, measured after the timed call).
 * ``nnunetv2_compile``: the same with ``nnUNet_compile=1`` (nnunetv2 wraps the network in ``torch.compile``; its
   fastest CPU setting).
 * ``uniseg_default``: ``UniSegPredictor`` with no speed arguments (whatever ``optimize``/``compile`` default to at
@@ -101,7 +106,10 @@ from common import env_info, median, peak_rss_gib, print_table, run_child, write
 
 logger = logging.getLogger("benchmarks.predict_vs_nnunetv2")
 
-VARIANTS = ["nnunetv2", "nnunetv2_compile", "uniseg_default", "uniseg_optimize", "uniseg_compile"]
+VARIANTS = ["nnunetv2", "nnunetv2_thp", "nnunetv2_compile", "uniseg_default", "uniseg_optimize", "uniseg_compile"]
+#: PyTorch's switch for huge pages in its CPU allocator (read at its first allocation); ``import uniseg_hub`` sets it
+#: by default (:mod:`uniseg_hub._hugepages`), stock nnU-Net v2 does not
+THP_ENV = "THP_MEM_ALLOC_ENABLE"
 UNISEG_OPTIONS: dict[str, dict[str, bool]] = {
     "uniseg_default": {},  # no speed arguments: follows UniSegPredictor's defaults
     "uniseg_optimize": {"optimize": True, "compile": False},
@@ -284,6 +292,9 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
               "peak_rss_gib": own_peak_rss_gib(), "setup_rss_gib": setup_rss, "loadavg": list(os.getloadavg()),
               "torch_threads": torch.get_num_threads(), "output_dtype": str(out.dtype).replace("torch.", ""),
               "predictor_settings": settings}
+    from uniseg_hub._hugepages import huge_pages_active  # after the timed call: importing uniseg_hub sets THP_ENV
+
+    result["huge_pages"] = huge_pages_active()
     if spec.get("save"):
         np.save(spec["save"], out.numpy())
     if spec.get("save_logits") and logits_fn is not None:  # after the peak was read: not part of the row's numbers
@@ -309,7 +320,11 @@ def own_peak_rss_gib() -> float:
 
 
 def spawn(spec: dict[str, Any]) -> dict[str, Any]:
-    return run_child(Path(__file__).resolve(), ["--worker", json.dumps(spec)])
+    """Run one row in a fresh process: huge pages unset (a user's shell), set for ``nnunetv2_thp``."""
+    env = {k: v for k, v in os.environ.items() if k != THP_ENV}
+    if spec["variant"] == "nnunetv2_thp":
+        env[THP_ENV] = "1"
+    return run_child(Path(__file__).resolve(), ["--worker", json.dumps(spec)], env=env)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -405,10 +420,11 @@ def compare(args: argparse.Namespace, tmp: Path, mirror_axes: list[int]) -> list
             "runs_s": [x["seconds"] for x in res], "cpu_runs_s": [x["cpu_s"] for x in res],
             "loadavg_1m": [x["loadavg"][0] for x in res],
             "output_dtype": res[0]["output_dtype"], "predictor_settings": res[0]["predictor_settings"],
+            "huge_pages": all(x.get("huge_pages") for x in res),
         })
     if ref_file.exists():
         ref_file.unlink()
-    cols = ["setting", "variant", "forwards", "min_s", "median_s", "ratio", "cpu_s", "peak_rss_gib", "warmup_s",
+    cols = ["setting", "variant", "huge_pages", "forwards", "min_s", "median_s", "ratio", "cpu_s", "peak_rss_gib", "warmup_s",
             "compile_s", "max_abs_diff", "argmax_agree_pct", "argmax_agree_fp16_pct"]
     print_table(rows, cols, title=f"\n## {label}: {'x'.join(map(str, args.volume))} volume, {'x'.join(map(str, args.patch))} "
                 f"patch, base {args.base}, {windows} windows, {args.threads} threads")

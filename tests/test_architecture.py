@@ -93,7 +93,7 @@ def test_weights_layer_imports_no_model_and_registry_no_torch():
 
 #: The layers, bottom up: a module imports only from its own layer or below (no upward import).
 LAYERS = {
-    "jsonconfig": 0, "config": 0, "plots": 0, "_moved": 0, "atomic": 0, "resources": 0,
+    "jsonconfig": 0, "config": 0, "plots": 0, "_moved": 0, "_hugepages": 0, "atomic": 0, "resources": 0,
     "weights": 1,
     "models": 2, "data": 2,
     "preprocessing": 3,

@@ -15,6 +15,7 @@ import torch
 from uniseg_hub import UniSeg
 
 from uniseg_hub.inference import UniSegPredictor, sliding_window_inference
+from uniseg_hub.inference.predictor import AUTO_COMPILE_VOXEL_FORWARDS, auto_compile_work
 
 from .conftest import REF, max_abs
 
@@ -147,3 +148,48 @@ def test_compile_falls_back_to_eager(tiny_model, monkeypatch, caplog):
     assert "torch.compile failed" in caplog.text and "no C++ compiler" in caplog.text
     eager = sliding_window_inference(x, tiny_model.config.patch_size, 1, tiny_model, task_id=0)
     assert max_abs(out, eager) <= 1e-6
+
+
+def test_auto_compile_work_counts_windows_flips_and_voxels():
+    """The quantity ``compile="auto"`` thresholds, on the benchmark's BTCV-like CT (83x273x273 at 64x192x192, step
+    0.5: 2x2x2 windows) and on a volume smaller than the patch (padded: one window)."""
+    full = 64 * 192 * 192
+    assert auto_compile_work((83, 273, 273), (64, 192, 192), 0.5, ()) == 8 * full
+    assert auto_compile_work((83, 273, 273), (64, 192, 192), 0.5, (2,)) == 16 * full
+    assert auto_compile_work((83, 273, 273), (64, 192, 192), 0.5, (0, 1, 2)) == 64 * full
+    assert auto_compile_work((10, 20, 20), (64, 192, 192), 0.5, (0, 1, 2)) == 8 * full
+    assert auto_compile_work((300, 512, 512), (64, 192, 192), 0.5, (0, 1, 2)) == 9 * 5 * 5 * 8 * full
+    # the rule (constant's comment): the measured break-even, between the benchmark CT with the official 8-fold
+    # mirroring (64 forwards: eager) and 11 windows with it (88 forwards: compiled)
+    assert 64 * full < AUTO_COMPILE_VOXEL_FORWARDS <= 88 * full
+
+
+@pytest.mark.parametrize("threshold, compiles", [(None, False), (1, True)], ids=["short-job", "long-job"])
+def test_auto_compile_decides_at_the_first_volume(tiny_model, monkeypatch, caplog, threshold, compiles):
+    """``compile="auto"`` compiles only a job at or above the threshold (here a failing compiler stands in for
+    inductor: the attempt is visible, and the result stays the eager network's)."""
+    import uniseg_hub.inference.predictor as predictor_mod
+
+    calls = []
+
+    def failing_compile(fn, **kwargs):
+        calls.append(kwargs)
+
+        def run(*args):
+            raise RuntimeError("no C++ compiler")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    monkeypatch.setattr(predictor_mod, "_HAS_CXX", True)
+    if threshold is not None:
+        monkeypatch.setattr(predictor_mod, "AUTO_COMPILE_VOXEL_FORWARDS", threshold)
+    torch.manual_seed(0)
+    x = torch.randn(1, 32, 64, 64)
+    pred = UniSegPredictor(tiny_model, mirror=False)
+    assert pred.compile == "auto" and "decided at the first volume" in pred.path
+    with caplog.at_level(logging.WARNING, logger="uniseg_hub.inference"):
+        out = pred.predict_preprocessed(x, 0)
+    assert pred.compile is compiles and bool(calls) is compiles
+    eager = sliding_window_inference(x, tiny_model.config.patch_size, 1, tiny_model, task_id=0)
+    assert max_abs(out, eager) <= 1e-5  # the optimized copy (eager after the failed compile) against the eager net

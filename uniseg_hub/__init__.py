@@ -1,6 +1,10 @@
 """uniseg_hub: UniSeg (MICCAI 2023) as composable PyTorch modules and a pretrained backbone hub."""
 
-from . import _moved
+from . import _hugepages
+
+_hugepages.enable_by_default()  # before torch's first CPU allocation; opt out with THP_MEM_ALLOC_ENABLE=0
+
+from . import _moved  # noqa: E402
 from .config import PreprocessingConfig, TaskSpec, UniSegConfig, UPSTREAM_TASKS
 from .models.decoder import SegmentationHeads, UniSegDecoder
 from .models.encoder import UniSegEncoder

@@ -27,22 +27,35 @@ from ..models.uniseg import UNISEG_FAMILY
 from ..models.perf import is_compiled, optimize_for_inference, try_compile
 from ..preprocessing.pipeline import check_spacing
 from ..preprocessing import LoadedImage, labels_to_nifti, load_image, preprocess, restore_labels
+from .._hugepages import huge_pages_active
 from ..atomic import atomic_file
 from ..resources import check_output_files, resolve_device
 from ..weights.loader import load_pretrained
 from .sliding_window import amp_context, compute_steps, gaussian_importance_map, sliding_window_inference
 from .tasks import combined_label_offsets, contract_warnings, tasks_for_all
 
-__all__ = ["Prediction", "UniSegPredictor", "AUTO_COMPILE_VOXEL_FORWARDS"]
+__all__ = ["Prediction", "UniSegPredictor", "AUTO_COMPILE_VOXEL_FORWARDS", "auto_compile_work"]
 
 logger = logging.getLogger(__name__)
 
-#: ``compile="auto"`` compiles when window forwards x patch voxels reach this. From benchmarks/README.md (2 CPU
-#: cores, full 64x192x192 patch = 2.36M voxels): compiling costs ~19 s once and saves 9.20 - 5.52 = 3.68 s per
-#: window forward (1.56e-6 s per voxel), so it repays after 19 / 1.56e-6 = 12.2M window-voxel forwards (5 full
-#: windows); the threshold asks twice that, so a compile that turns out slower on another CPU costs little.
-AUTO_COMPILE_VOXEL_FORWARDS = 24_000_000
+#: ``compile="auto"`` compiles when window forwards x patch voxels reach this. What compiling repays depends on the
+#: CPU (``benchmarks/README.md``, full 64x192x192 patch = 2.36M voxels, 2 threads). On the AMD EPYC benchmark machine
+#: of 2026-12-04 (``benchmarks/predict_vs_nnunetv2.py --size full``, huge pages on, two runs) the compiled predictor
+#: saved 0.39 / 0.99 s per window forward without mirroring (8 forwards) and 0.33 / 0.75 s with W-mirroring (16)
+#: against a 26-33 s cold compile: it repays after 29-95 forwards (68M-224M window-voxel forwards). On the Intel Xeon
+#: (AVX-512, AMX) of 2026-11-29 the compiled forward was 5.5 s against 9.2 s (19 s compile): it repaid after 5. The
+#: threshold is near the slowest measured break-even, so the rule never costs much and compiles every long job (the
+#: official 8-fold mirroring from 11 full windows on; a 300x512x512 whole-body CT has 225).
+AUTO_COMPILE_VOXEL_FORWARDS = 200_000_000
 _HAS_CXX = any(shutil.which(c) for c in ("c++", "g++", "clang++"))
+
+
+def auto_compile_work(shape: Sequence[int], patch: Sequence[int], overlap: float, mirror_axes: Sequence[int]) -> int:
+    """Window-voxel forwards of one volume: windows (on the volume padded to the patch) x mirror flips x patch
+    voxels, what ``compile="auto"`` compares with :data:`AUTO_COMPILE_VOXEL_FORWARDS`."""
+    padded = [max(int(s), int(p)) for s, p in zip(shape, patch)]
+    windows = math.prod(len(s) for s in compute_steps(padded, patch, 1.0 - overlap))
+    return windows * 2 ** len(set(mirror_axes)) * math.prod(int(p) for p in patch)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -163,6 +176,7 @@ class UniSegPredictor:
         self._gaussian = gaussian_importance_map(self.config.patch_size, device=self.device)
         self._takes_task = self.config.num_tasks > 0 and self._accepts_task(model)
         self.optimize, self.compile = bool(optimize), compile
+        self.huge_pages = self.device.type == "cpu" and huge_pages_active()
         if compile is True:
             self._compile_now("compile=True")
         logger.debug("predictor path: %s", self.path)
@@ -172,7 +186,9 @@ class UniSegPredictor:
         """The speed path in use, in words (``uniseg-hub predict -v`` logs it)."""
         compiled = "compiled (inductor, frozen weights)" if is_compiled(self.model) else (
             "compile decided at the first volume (auto)" if self.compile == "auto" else "eager")
-        return f"{'optimized copy' if self.optimize else 'eager network'}, {compiled}, on {self.device}"
+        pages = (", huge pages " + ("on" if self.huge_pages else "off (set THP_MEM_ALLOC_ENABLE=1 before torch's first "
+                 "allocation, e.g. import uniseg_hub first)")) if self.device.type == "cpu" else ""
+        return f"{'optimized copy' if self.optimize else 'eager network'}, {compiled}, on {self.device}{pages}"
 
     def _compile_now(self, why: str) -> None:
         try_compile(self.model, freeze=True, dynamic=False)
@@ -183,12 +199,10 @@ class UniSegPredictor:
         """The ``compile="auto"`` rule, applied once, at the first volume."""
         if self.compile != "auto":
             return
-        padded = [max(int(s), p) for s, p in zip(shape, self.config.patch_size)]
-        windows = math.prod(len(s) for s in compute_steps(padded, self.config.patch_size, 1.0 - self.overlap))
-        forwards = windows * (2 ** len(self.mirror_axes) if self.mirror else 1)
-        work = forwards * math.prod(self.config.patch_size)
+        work = auto_compile_work(shape, self.config.patch_size, self.overlap, self.mirror_axes if self.mirror else ())
         if self.device.type == "cpu" and _HAS_CXX and work >= AUTO_COMPILE_VOXEL_FORWARDS:
-            self._compile_now(f"auto: {forwards} window forward(s) of {tuple(self.config.patch_size)}")
+            self._compile_now(f"auto: {work // math.prod(self.config.patch_size)} window forward(s) of "
+                              f"{tuple(self.config.patch_size)}")
         else:
             self.compile = False
             logger.debug("compile=auto: not compiling (%d window-voxel forwards < %d, or not a CPU with a C++ compiler)",

@@ -239,8 +239,9 @@ def sliding_window_inference(
                 xb = xb.contiguous(memory_format=torch.channels_last_3d)
             with autocast:
                 logits = _call(predictor, xb, task_id)
-            logits = logits.float()
-            pred = torch.softmax(logits, dim=1) if apply_softmax else logits
+            del xb
+            pred = torch.softmax(logits.float(), dim=1) if apply_softmax else logits.float()
+            del logits  # each window's buffers are released before the next forward (K x window floats apiece)
             if aggregated is None:
                 classes = pred.shape[1]
                 _check_memory(x.shape[1:], x.shape[0], classes, roi, sw_batch_size, width, device, memory_limit_gb)
@@ -248,7 +249,7 @@ def sliding_window_inference(
                 weights = torch.zeros(x.shape[1:], device=device)
                 for w in windows:
                     weights[w] += importance_map
-            # average the flips of each window present in this batch, then one weighted add per window
+            # sum the flips of each window present in this batch, then one add of sum x Gaussian / flips per window
             i = 0
             while i < len(batch):
                 w = batch[i][0]
@@ -257,11 +258,14 @@ def sliding_window_inference(
                     f = batch[i][1]
                     p = pred[i].flip(f) if f else pred[i]
                     if acc is None:
-                        acc = p if scale == 1.0 else p * scale
+                        acc = p  # may be a view of pred[i]: summing into it is safe, pred[i] is not read again
                     else:
-                        acc.add_(p, alpha=scale)
+                        acc.add_(p)
+                    del p
                     i += 1
-                aggregated[(slice(None),) + w].addcmul_(acc, importance_map)
+                aggregated[(slice(None),) + w].addcmul_(acc, importance_map, value=scale)
+                del acc
+            del pred
             if bar is not None:
                 bar.update(len(batch))
     finally:
