@@ -16,6 +16,7 @@ in the environment (an existing value is never changed). :func:`huge_pages_activ
 
 from __future__ import annotations
 
+import functools
 import os
 
 ENV = "THP_MEM_ALLOC_ENABLE"
@@ -26,10 +27,12 @@ def enable_by_default() -> None:
     os.environ.setdefault(ENV, "1")
 
 
+@functools.cache
 def huge_pages_active() -> bool:
     """Whether large PyTorch CPU tensors get huge pages in this process: a 64 MiB tensor (above glibc's largest
     mmap threshold, so always fresh memory, never reused heap) is allocated and written, and the process's
-    ``AnonHugePages`` (``/proc/self/smaps_rollup``) must grow by at least one 2 MiB page (~10 ms)."""
+    ``AnonHugePages`` (``/proc/self/smaps_rollup``) must grow by at least one 2 MiB page (~10 ms). Probed once per
+    process: PyTorch reads the switch once, at its first allocation, so the answer cannot change afterwards."""
     import torch
 
     before = _anon_huge_kib()
